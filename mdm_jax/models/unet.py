@@ -1,0 +1,246 @@
+"""The UNet of one resolution level, and the NestedUNet as a UNet that holds an inner one.
+
+A level with `inner` set is a NestedUNet level: its down path brings the image to the
+inner size, a zero-initialised adapter adds the features to the inner model's conv_in
+output, the inner model's last features come back through another zero-initialised
+adapter, and its up path produces the high-resolution output (fixtures README 4.5).
+Text conditioning is processed only by the innermost UNet; its tokens, mask and
+pooled embedding reach every level.
+"""
+from typing import Any, NamedTuple, Optional
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from mdm_jax.models import layers
+from mdm_jax.models.config import parse_micro_conditioning
+
+Dtype = Any
+
+
+class Conditioning(NamedTuple):
+    """What the innermost UNet makes of the text and labels, shared by all levels."""
+    tokens: Optional[jnp.ndarray]   # [B, S, D] processed text tokens, or None
+    mask: Optional[jnp.ndarray]     # [B, S] or None (no masking)
+    embedding: Optional[jnp.ndarray]  # [B, temporal_dim] added to every level's temb
+
+
+def _rows(x, n):
+    return None if x is None else x[:n]
+
+
+class Stage(nn.Module):
+    """ResNets, each followed by attention layers, then an optional resample conv.
+
+    Used for down blocks (resample = stride-2 conv), up blocks (each ResNet first takes
+    the next skip; resample = nearest x2 then conv) and mid blocks (no resample).
+    """
+    out_channels: int
+    num_resnets: int
+    num_attention_layers: int
+    num_groups: int
+    use_attention_ffn: bool
+    resample: Optional[str] = None  # None, 'down' or 'up'
+    dropout: float = 0.0
+    dtype: Dtype = jnp.float32
+    attention_impl: Optional[str] = None
+
+    @nn.compact
+    def __call__(self, x, temb, cond, skips=None, deterministic=True):
+        """Returns the output and the activations a down block records as skips."""
+        recorded = []
+        for j in range(self.num_resnets):
+            if skips is not None:
+                x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
+            x = layers.ResNet(self.out_channels, self.num_groups, self.dropout, self.dtype,
+                              name=f"resnets_{j}")(x, temb, deterministic)
+            for a in range(self.num_attention_layers):
+                x = layers.Attention(self.use_attention_ffn, self.dtype, self.attention_impl,
+                                     name=f"attn_{j * self.num_attention_layers + a}")(
+                                         x, cond.tokens, cond.mask)
+            recorded.append(x)
+        if self.resample == "down":
+            x = layers.conv3x3(self.out_channels, "resample", self.dtype, stride=2)(x)
+            recorded.append(x)
+        elif self.resample == "up":
+            x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
+            x = layers.conv3x3(self.out_channels, "resample", self.dtype)(x)
+        return x, recorded
+
+
+class UNet(nn.Module):
+    """One resolution level; `level.inner` makes it a NestedUNet level.
+
+    level: the ConfigDict of this level (see mdm_jax/models/config.py).
+    model: the model-wide settings (text, classes, channels, dtype).
+    """
+    level: Any
+    model: Any
+
+    def setup(self):
+        lv, dtype = self.level, self.dtype
+        self.temb_layer1 = layers.dense(lv.temporal_dim, None, dtype)
+        self.temb_layer2 = layers.dense(lv.temporal_dim, None, dtype)
+        self.cond_layers = {
+            key: layers.MicroConditioning(lv.temporal_dim, dtype)
+            for key, _ in parse_micro_conditioning(lv.micro_conditioning)}
+        self.conv_in = layers.conv3x3(lv.resolution_channels[0], None, dtype)
+        num_levels = len(lv.resolution_channels)
+        self.down_blocks = [
+            self._stage(i, lv.num_resnets_per_resolution[i],
+                        "down" if i < num_levels - 1 else None)
+            for i in range(num_levels)]
+        self.up_blocks = [
+            self._stage(i, lv.num_resnets_per_resolution[i] + 1, "up" if i > 0 else None)
+            for i in reversed(range(num_levels))]
+        self.norm_out = layers.group_norm(lv.num_groups_norm, None)
+        self.conv_out = layers.conv3x3(self.model.output_channels, None, dtype,
+                                       zero_init=True)
+        if lv.inner is not None:
+            self.inner_unet = UNet(lv.inner, self.model)
+            if not lv.skip_inner_unet_input:
+                self.in_adapter = layers.conv3x3(lv.inner.resolution_channels[0],
+                                                 None, dtype, zero_init=True)
+            self.out_adapter = layers.conv3x3(lv.resolution_channels[-1], None,
+                                              dtype, zero_init=True)
+        else:
+            if not lv.skip_mid_blocks:
+                self.mid_blocks = [
+                    self._stage(num_levels - 1, 1, None, num_attention_layers=1),
+                    self._stage(num_levels - 1, 1, None, num_attention_layers=0)]
+            self._setup_conditioning()
+
+    def _setup_conditioning(self):
+        """Text and class layers, which exist only in the innermost UNet."""
+        m, dtype = self.model, self.dtype
+        if m.conditioning_feature_dim > 0:
+            if m.conditioning_feature_proj_dim > 0:
+                self.lm_proj = layers.dense(m.conditioning_feature_proj_dim, None, dtype)
+            self.lm_head = [layers.LMHeadLayer(dtype) for _ in range(m.num_lm_head_layers)]
+            if m.pooled_text_embedding:
+                self.cond_emb = layers.dense(self.level.temporal_dim, None, dtype,
+                                             use_bias=False)
+        if m.num_classes > 0:
+            # One extra row, index num_classes, is the "no label" input of classifier-free
+            # guidance (labels dropped in training, the unconditional half when sampling).
+            self.class_emb = nn.Embed(
+                m.num_classes + 1, self.level.temporal_dim, dtype=dtype,
+                embedding_init=nn.with_logical_partitioning(
+                    nn.initializers.normal(0.02), ("classes", "embed_out")))
+
+    @property
+    def dtype(self):
+        return jnp.dtype(self.model.dtype)
+
+    def _stage(self, i, num_resnets, resample, num_attention_layers=None):
+        lv = self.level
+        if num_attention_layers is None:
+            num_attention_layers = lv.num_attention_layers[i] if i in lv.attention_levels else 0
+        return Stage(lv.resolution_channels[i], num_resnets, num_attention_layers,
+                     lv.num_groups_norm, lv.use_attention_ffn, resample, lv.dropout,
+                     self.dtype, self.model.attention_impl)
+
+    def condition(self, lm_outputs, lm_mask, class_labels):
+        """Processes text and labels in the innermost UNet (fixtures README 4.4)."""
+        if self.level.inner is not None:
+            return self.inner_unet.condition(lm_outputs, lm_mask, class_labels)
+        m = self.model
+        tokens, mask, embedding = None, None, None
+        if m.conditioning_feature_dim > 0:
+            if lm_outputs is None:
+                raise ValueError("This model is text-conditioned: pass lm_outputs (and lm_mask).")
+            tokens = lm_outputs.astype(self.dtype)
+            mask = lm_mask
+            if m.conditioning_feature_proj_dim > 0:
+                tokens = self.lm_proj(tokens)
+            attn_mask = mask if m.masked_cross_attention else None
+            for layer in self.lm_head:
+                tokens = layer(tokens, attn_mask)
+            if m.pooled_text_embedding:
+                t32 = tokens.astype(jnp.float32)
+                if mask is None or (not m.masked_cross_attention and m.num_lm_head_layers > 0):
+                    pooled = t32.mean(axis=1)
+                else:
+                    w = mask.astype(jnp.float32)[..., None]
+                    pooled = (t32 * w).sum(axis=1) / w.sum(axis=1)
+                embedding = self.cond_emb(pooled.astype(self.dtype))
+            if not m.masked_cross_attention:
+                mask = None
+        if m.num_classes > 0:
+            if class_labels is None:
+                raise ValueError("This model is class-conditional: pass class_labels "
+                                 f"(-1 or {m.num_classes} for no label).")
+            labels = jnp.where(class_labels < 0, m.num_classes, class_labels)
+            label_emb = self.class_emb(labels)
+            embedding = label_emb if embedding is None else embedding + label_emb
+        return Conditioning(tokens, mask, embedding)
+
+    def _time_embedding(self, times, cond, micros):
+        lv = self.level
+        feats = layers.sinusoidal_features(times, lv.temporal_dim).astype(self.dtype)
+        temb = self.temb_layer2(nn.silu(self.temb_layer1(feats)))
+        if cond.embedding is not None:
+            temb = temb + cond.embedding
+        batch = times.shape[0]
+        for key, default in parse_micro_conditioning(lv.micro_conditioning):
+            value = micros.get(key) if micros else None
+            value = (jnp.full((batch,), default, jnp.float32) if value is None
+                     else jnp.asarray(value, jnp.float32))
+            if key == "scale":
+                # Scales above this level's default are clamped to it.
+                value = jnp.minimum(value / default, 1.0) * default
+            else:
+                value = value * 1000.0
+            temb = temb + self.cond_layers[key](value)
+        return temb
+
+    def run_level(self, xs, times, cond, micros, injected=None, deterministic=True):
+        """Runs this level and its inner levels. Returns (outputs, features).
+
+        xs[0] may have fewer rows than the lower levels (mixed-ratio batches): this level
+        then uses the first rows of the time embedding and conditioning.
+        """
+        lv = self.level
+        x_high = xs[0]
+        rows = x_high.shape[0]
+        temb = self._time_embedding(times, cond, micros)
+        level_cond = Conditioning(_rows(cond.tokens, rows), _rows(cond.mask, rows), None)
+        temb_rows = temb[:rows]
+        if lv.inner is not None and not lv.skip_normalization:
+            # Per-example std over (H, W, C) with Bessel's correction, no mean removal.
+            std = jnp.std(x_high.astype(jnp.float32), axis=(1, 2, 3), ddof=1, keepdims=True)
+            x_high = x_high / std
+        x = self.conv_in(x_high.astype(self.dtype))
+        if injected is not None:
+            x = x + injected
+        skips = [x]
+        for block in self.down_blocks:
+            x, recorded = block(x, temb_rows, level_cond, deterministic=deterministic)
+            skips.extend(recorded)
+        inner_outputs = []
+        if lv.inner is not None:
+            to_inner = None
+            if not lv.skip_inner_unet_input:
+                to_inner = self.in_adapter(x)
+                pad = xs[1].shape[0] - rows
+                to_inner = jnp.pad(to_inner, ((0, pad), (0, 0), (0, 0), (0, 0)))
+            inner_outputs, inner_features = self.inner_unet.run_level(
+                xs[1:], times, cond, micros, to_inner, deterministic)
+            x = x + self.out_adapter(inner_features[:rows])
+        elif not lv.skip_mid_blocks:
+            for block in self.mid_blocks:
+                x, _ = block(x, temb_rows, level_cond, deterministic=deterministic)
+        for block in self.up_blocks:
+            x, _ = block(x, temb_rows, level_cond, skips=skips, deterministic=deterministic)
+        features = x
+        out = self.conv_out(nn.silu(self.norm_out(x)).astype(self.dtype))
+        return [out.astype(jnp.float32)] + inner_outputs, features
+
+    def __call__(self, xs, times, lm_outputs=None, lm_mask=None, micros=None,
+                 class_labels=None, deterministic=True):
+        """xs: noisy images NHWC, highest resolution first. Returns the list of outputs."""
+        if not isinstance(xs, (list, tuple)):
+            xs = [xs]
+        cond = self.condition(lm_outputs, lm_mask, class_labels)
+        outputs, _ = self.run_level(list(xs), times, cond, micros or {}, None, deterministic)
+        return outputs

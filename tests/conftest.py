@@ -1,0 +1,23 @@
+"""Test setup: eight fake CPU devices and float32 matmuls at full precision.
+
+XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
+"""
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+from absl import flags  # noqa: E402
+
+jax.config.update("jax_default_matmul_precision", "highest")
+# grain worker processes read absl flags; pytest never parses them.
+flags.FLAGS.mark_as_parsed()
+
+PARITY_DIR = os.path.join(os.path.dirname(__file__), "data", "parity")
+
+
+@pytest.fixture
+def parity_dir():
+    return PARITY_DIR
