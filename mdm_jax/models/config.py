@@ -96,9 +96,12 @@ def nest_scales(config):
 def level_sizes(config, image_size):
     """Image side of each level, highest first."""
     scales = nest_scales(config)
-    if image_size % scales[0]:
-        raise ValueError(f"image_size {image_size} must be divisible by the nest ratio "
-                         f"{scales[0]} (scales {scales}).")
+    inner_downsampling = 2 ** (len(levels(config)[-1].resolution_channels) - 1)
+    if image_size % (scales[0] * inner_downsampling):
+        raise ValueError(
+            f"image_size {image_size} must be divisible by {scales[0] * inner_downsampling}: "
+            f"the nest ratio {scales[0]} times the innermost UNet's downsampling "
+            f"{inner_downsampling}.")
     return [image_size // scales[0] * s for s in scales]
 
 
