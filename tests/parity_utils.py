@@ -1,7 +1,9 @@
 """Loading the reference fixtures (tests/data/parity, see its README) in our layout."""
+import functools
 import json
 import os
 
+import jax
 import numpy as np
 
 PARITY_DIR = os.path.join(os.path.dirname(__file__), "data", "parity")
@@ -36,3 +38,8 @@ def levels(f, prefix):
     while f"{prefix}/{len(out)}" in f.files:
         out.append(f[f"{prefix}/{len(out)}"])
     return out
+
+
+# jit with XLA's backend optimisations off: these CPU test programs run once or twice, so
+# compiling at full optimisation would cost far more than running them.
+jit_fast = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})

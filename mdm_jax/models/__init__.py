@@ -1,6 +1,5 @@
 """The NestedUNet of Matryoshka Diffusion Models, in Flax Linen (NHWC)."""
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 
