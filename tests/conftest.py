@@ -1,10 +1,13 @@
-"""Test setup: eight fake CPU devices and float32 matmuls at full precision.
+"""Test setup: eight fake CPU devices, fast compiles, float32 matmuls at full precision.
 
 XLA_FLAGS must be set before jax is imported anywhere, which is why it lives here.
 """
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# Backend optimisation off: test programs are small and run a few times, so compiling at
+# full optimisation costs far more than it saves.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8 "
+                                   "--xla_backend_optimization_level=0")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import jax  # noqa: E402

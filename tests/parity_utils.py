@@ -1,9 +1,7 @@
 """Loading the reference fixtures (tests/data/parity, see its README) in our layout."""
-import functools
 import json
 import os
 
-import jax
 import numpy as np
 
 PARITY_DIR = os.path.join(os.path.dirname(__file__), "data", "parity")
@@ -39,7 +37,3 @@ def levels(f, prefix):
         out.append(f[f"{prefix}/{len(out)}"])
     return out
 
-
-# jit with XLA's backend optimisations off: these CPU test programs run once or twice, so
-# compiling at full optimisation would cost far more than running them.
-jit_fast = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})

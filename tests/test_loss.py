@@ -12,7 +12,7 @@ import pytest
 from mdm_jax.diffusion import (
     DiffusionConfig, batch_loss, convert_prediction, from_reference_diffusion, level_batch_sizes,
     multires_loss, process, sample_loss_noise, schedules)
-from parity_utils import jit_fast, levels, load, nchw, nhwc, read_json, state_dict
+from parity_utils import levels, load, nchw, nhwc, read_json, state_dict
 
 LOSS_FIXTURES = ["loss_nested", "loss_nested2", "loss_nested_mixed"]
 TOL = dict(rtol=1e-4, atol=1e-4)
@@ -133,7 +133,7 @@ def test_model_loss_matches_reference(fixture):
             return module.apply({"params": params}, xs, times, lm_outputs, lm_mask, micros)
         return fixture.loss(denoise_fn)
 
-    loss, aux = jit_fast(loss_fn)(params)
+    loss, aux = jax.jit(loss_fn)(params)
     np.testing.assert_allclose(loss, f["output/loss"], **TOL)
     for mse, want, r in zip(aux["mse"], levels(f, "trace/mse"), fixture.rows):
         np.testing.assert_allclose(mse[:r], want[:r], **TOL)
@@ -269,7 +269,7 @@ def test_sample_loss_noise_shapes_and_range():
     images = jnp.zeros((5, 32, 32, 3), jnp.bfloat16)
     key = jax.random.key(3)
     draw = lambda key, images: sample_loss_noise(key, images, (4, 2, 1), 1000)
-    times, noises = jit_fast(draw)(key, images)
+    times, noises = jax.jit(draw)(key, images)
     assert times.shape == (5,) and jnp.issubdtype(times.dtype, jnp.integer)
     assert int(times.min()) >= 0 and int(times.max()) < 1000
     assert [n.shape for n in noises] == [(5, 32, 32, 3), (5, 16, 16, 3), (5, 8, 8, 3)]

@@ -28,7 +28,7 @@ def fixture_inputs(f):
 
 
 def run(model_config, params, xs, times, lm, mask, micros):
-    return pu.jit_fast(build_model(model_config).apply)({"params": params}, xs, times, lm, mask, micros)
+    return jax.jit(build_model(model_config).apply)({"params": params}, xs, times, lm, mask, micros)
 
 
 @pytest.mark.parametrize("name", FORWARD_FIXTURES)
@@ -143,9 +143,9 @@ def test_fresh_nested_model_keeps_inner_output_unchanged_by_outer_layers():
     xs, kwargs = example_inputs(cfg, 32, batch_size=2)
     xs = [jax.random.normal(jax.random.key(i), x.shape) for i, x in enumerate(xs)]
     kwargs["class_labels"] = jnp.array([1, 3])
-    out = pu.jit_fast(model.apply)({"params": params}, xs, **kwargs)
+    out = jax.jit(model.apply)({"params": params}, xs, **kwargs)
     inner_model = build_model(config_lib.model_config(cfg.unet.inner, num_classes=5))
-    alone = pu.jit_fast(inner_model.apply)({"params": params["inner_unet"]}, xs[1:], **kwargs)
+    alone = jax.jit(inner_model.apply)({"params": params["inner_unet"]}, xs[1:], **kwargs)
     np.testing.assert_allclose(out[1], alone[0], rtol=1e-6, atol=1e-6)
     # conv_out starts at zero, so every level predicts 0 at init...
     assert float(jnp.abs(out[0]).max()) == 0.0
@@ -159,7 +159,7 @@ def test_class_labels_condition_the_output_and_minus_one_is_the_null_label():
         lambda p, v: jax.random.normal(jax.random.key(len(p)), v.shape) * 0.1
         if "conv_out" in jax.tree_util.keystr(p) or "adapter" in jax.tree_util.keystr(p)
         or "conv2" in jax.tree_util.keystr(p) else v, params)
-    apply = pu.jit_fast(build_model(cfg).apply)
+    apply = jax.jit(build_model(cfg).apply)
     xs, kwargs = example_inputs(cfg, 32, batch_size=1)
 
     def out(label):

@@ -14,7 +14,7 @@ from mdm_jax.diffusion import (
     DiffusionConfig, as_prediction, denoise_step, eps_from_x0, from_reference_diffusion,
     guidance_batch, initial_noise, level_shapes, pyramid, respaced_timesteps, sample,
     step_noise_from_key, threshold_x0)
-from parity_utils import jit_fast, levels, load, nchw, nhwc, read_json, state_dict
+from parity_utils import levels, load, nchw, nhwc, read_json, state_dict
 
 F = load("sampler")
 META = read_json(F, "meta_json")
@@ -106,7 +106,7 @@ def _run_loop(loop, denoise_fn):
                       num_steps=spec["n"], micros={}, guidance_scale=spec["guidance"],
                       eta=spec["ddim_eta"], **text)
 
-    return jit_fast(run)(x_init, stacked)
+    return jax.jit(run)(x_init, stacked)
 
 
 def _replay_loop_fn(loop, n):
@@ -198,7 +198,7 @@ def _model_fn(module, params):
 def _jitted_model():
     """The model jitted once: the single steps share shapes, so it compiles once for them."""
     module, params = _model()
-    apply = jit_fast(lambda params, *args: _model_fn(module, params)(*args))
+    apply = jax.jit(lambda params, *args: _model_fn(module, params)(*args))
     return lambda *args: apply(params, *args)
 
 
@@ -244,7 +244,7 @@ def _check_recovers_clean_images(config, eta):
                       config=config, scales=scales, num_steps=5, lm_outputs=None,
                       lm_mask=None, eta=eta)
 
-    final = jit_fast(run)(x_init, step_draws)
+    final = jax.jit(run)(x_init, step_draws)
     for got, want in zip(final, x0s):
         np.testing.assert_allclose(got, want, atol=2e-5)
 
@@ -287,7 +287,7 @@ def test_sample_is_one_program():
         calls.append(times.shape)
         return [0.1 * x for x in xs]
 
-    run = jit_fast(lambda key: sample(
+    run = jax.jit(lambda key: sample(
         denoise_fn, initial_noise(key, shape, scales), step_noise_from_key(key, shape, scales),
         config=DiffusionConfig(), scales=scales, num_steps=50, lm_outputs=None, lm_mask=None))
     final = run(jax.random.key(0))

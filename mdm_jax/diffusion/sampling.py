@@ -41,7 +41,9 @@ def guided_prediction(denoise_fn, xs, model_time, lm_outputs, lm_mask, micros, *
     micros = {} if micros is None else micros
     if guidance_scale == 1:
         return denoise_fn(xs, model_time, lm_outputs, lm_mask, micros, **model_kwargs)
-    text, mask = guidance_batch(lm_outputs, lm_mask, uncond_lm_outputs, uncond_lm_mask)
+    # Without text (class labels only), the caller's denoise_fn makes the null-label half.
+    text, mask = ((None, None) if lm_outputs is None else
+                  guidance_batch(lm_outputs, lm_mask, uncond_lm_outputs, uncond_lm_mask))
     double = lambda a: jnp.concatenate([a, a])
     outputs = denoise_fn([double(x) for x in xs], double(model_time), text, mask,
                          {k: double(v) for k, v in micros.items()}, **model_kwargs)

@@ -1,0 +1,58 @@
+"""Shared defaults of every experiment config; a config in configs/ overrides what it needs.
+
+Layout of a config:
+  seed, model (mdm_jax.models.config), diffusion (mdm_jax.diffusion.DiffusionConfig fields),
+  data, stages (name -> stage, run in order), optimizer, ema_decay, mesh, sharding_rules,
+  and the logging/checkpoint/sample cadence.
+"""
+import dataclasses
+
+import ml_collections
+from ml_collections import config_dict
+
+from mdm_jax.diffusion import DiffusionConfig
+from mdm_jax.train.sharding import DEFAULT_RULES
+
+
+def diffusion_defaults():
+    cfg = ml_collections.ConfigDict({
+        f.name: f.default for f in dataclasses.fields(DiffusionConfig)
+        if f.name not in ("multi_res_weights", "mixed_ratio")})
+    # Per-level lists; a stage may set its own (its number of levels differs).
+    cfg.multi_res_weights = config_dict.placeholder(tuple)
+    cfg.mixed_ratio = config_dict.placeholder(tuple)
+    return cfg
+
+
+def stage(num_levels, steps, global_batch_size, learning_rate, warmup_steps=0,
+          multi_res_weights=None, mixed_ratio=None):
+    """One resolution stage: train the innermost `num_levels` levels of the model."""
+    cfg = ml_collections.ConfigDict(dict(
+        num_levels=num_levels, steps=steps, global_batch_size=global_batch_size,
+        learning_rate=learning_rate, warmup_steps=warmup_steps))
+    cfg.multi_res_weights = config_dict.placeholder(tuple)
+    cfg.mixed_ratio = config_dict.placeholder(tuple)
+    cfg.multi_res_weights = multi_res_weights
+    cfg.mixed_ratio = mixed_ratio
+    return cfg
+
+
+def base_config():
+    cfg = ml_collections.ConfigDict()
+    cfg.seed = 0
+    cfg.model = config_dict.placeholder(ml_collections.ConfigDict)
+    cfg.diffusion = diffusion_defaults()
+    cfg.data = config_dict.placeholder(ml_collections.ConfigDict)
+    cfg.stages = ml_collections.ConfigDict()
+    cfg.optimizer = ml_collections.ConfigDict(dict(
+        b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=2.0))
+    cfg.ema_decay = 0.9999
+    cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    cfg.sharding_rules = [list(r) for r in DEFAULT_RULES]
+    cfg.log_every = 50
+    cfg.checkpoint_every = 1000
+    cfg.keep_checkpoints = 3
+    cfg.sample_every = 5000          # 0: only at the end of each stage
+    cfg.sample = ml_collections.ConfigDict(dict(
+        num_images=8, steps=50, guidance_scale=1.0, ddim_eta=0.0))
+    return cfg

@@ -1,0 +1,215 @@
+"""The training loop: stages in order, growing the model between them.
+
+Each stage trains the innermost `num_levels` levels of the configured model at its own
+resolution, batch size and learning rate, in workdir/checkpoints/<stage name>. A stage
+that has checkpoints resumes from the latest; a stage without any starts by growing the
+previous stage's final checkpoint (or from scratch if it is the first).
+"""
+import dataclasses
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mdm_jax import diffusion
+from mdm_jax.data import pipeline as data_pipeline
+from mdm_jax.models import build_model, config as model_config_lib, init_params
+from mdm_jax.models.flops import training_flops_per_example
+from mdm_jax.train import checkpoint as ckpt_lib
+from mdm_jax.train import growth, metrics as metrics_lib, samples, sharding, state as state_lib
+from mdm_jax.train.preemption import PreemptionGuard
+from mdm_jax.train.step import make_train_step, no_text
+
+
+@dataclasses.dataclass
+class Stage:
+    """Everything static about one stage, derived from the config."""
+    name: str
+    index: int
+    config: ml_collections.ConfigDict       # the stage's entry in config.stages
+    model_config: ml_collections.ConfigDict
+    diffusion: diffusion.DiffusionConfig
+    scales: tuple
+    image_size: int
+    step_offset: int                         # global step of this stage's step 0
+
+    @property
+    def directory_name(self):
+        return self.name
+
+
+def plan_stages(config):
+    """The stages of `config` in order, with their models, image sizes and step offsets."""
+    full_scales = model_config_lib.nest_scales(config.model)
+    out, offset = [], 0
+    for index, (name, st) in enumerate(config.stages.items()):
+        model_cfg = growth.stage_model_config(config.model, st.num_levels)
+        scales = tuple(model_config_lib.nest_scales(model_cfg))
+        image_size = config.data.image_size * scales[0] // full_scales[0]
+        values = dict(config.diffusion)
+        for key in ("multi_res_weights", "mixed_ratio"):
+            if st.get(key) is not None:
+                values[key] = st[key]
+        diff = diffusion.DiffusionConfig.from_dict(values)
+        diff.check_levels(len(scales))
+        out.append(Stage(name, index, st, model_cfg, diff, scales, image_size, offset))
+        offset += st.steps
+    return out
+
+
+def stage_data_config(config, stage):
+    data = config.data.copy_and_resolve_references()
+    data.image_size = stage.image_size
+    return data
+
+
+def _boxed_state_fn(stage, optimizer, seed):
+    def make_boxed():
+        params = init_params(stage.model_config, jax.random.key(seed), stage.image_size,
+                             boxed=True)
+        return state_lib.state_from_params({"unet": params}, optimizer)
+    return make_boxed
+
+
+def _grown_state_fn(stage, optimizer, seed):
+    def make_boxed(old_params, old_ema):
+        fresh = init_params(stage.model_config, jax.random.key(seed), stage.image_size,
+                            boxed=True)
+        growth.check_inner_matches(old_params["unet"], fresh)
+        state = state_lib.state_from_params(
+            {"unet": growth.insert_inner(fresh, old_params["unet"])}, optimizer)
+        return state.replace(ema_params={"unet": growth.insert_inner(fresh, old_ema["unet"])})
+    return make_boxed
+
+
+def previous_params(workdir, previous, mesh, rules, seed):
+    """Params and EMA of the previous stage's latest checkpoint, sharded onto `mesh`."""
+    def make_boxed():
+        p = init_params(previous.model_config, jax.random.key(seed), previous.image_size,
+                        boxed=True)
+        return {"params": {"unet": p}, "ema_params": {"unet": p}}
+    target = state_lib.abstract_with_shardings(make_boxed, mesh, rules)
+    directory = os.path.join(workdir, "checkpoints", previous.directory_name)
+    restored, _ = ckpt_lib.restore_params(directory, target)
+    return restored["params"], restored["ema_params"]
+
+
+def initial_state(config, workdir, stages, stage, optimizer, checkpoints, mesh, rules,
+                  data_iterator):
+    """Resume, grow or start fresh; returns (state, state shardings)."""
+    make_boxed = _boxed_state_fn(stage, optimizer, config.seed)
+    latest = checkpoints.latest_step()
+    if latest is not None:
+        abstract = state_lib.abstract_with_shardings(make_boxed, mesh, rules)
+        state = checkpoints.restore(latest, abstract, data_iterator)
+        logging.info("Stage %s: resumed from step %d.", stage.name, latest)
+        return state, jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+    if stage.index > 0:
+        previous = stages[stage.index - 1]
+        old_params, old_ema = previous_params(workdir, previous, mesh, rules, config.seed)
+        logging.info("Stage %s: grown from stage %s.", stage.name, previous.name)
+        return state_lib.create_sharded(_grown_state_fn(stage, optimizer, config.seed),
+                                        mesh, rules, old_params, old_ema)
+    return state_lib.create_sharded(make_boxed, mesh, rules)
+
+
+def train(config, workdir):
+    """Runs every stage of `config` in workdir; returns the final stage's last metrics."""
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    stages = plan_stages(config)
+    guard = PreemptionGuard()
+    last = {}
+    for stage in stages:
+        last = train_stage(config, workdir, stages, stage, mesh, rules, guard)
+        if guard.stopped:
+            break
+    return last
+
+
+def train_stage(config, workdir, stages, stage, mesh, rules, guard):
+    st = stage.config
+    optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate, st.warmup_steps)
+    lr_fn = state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps)
+    model = build_model(stage.model_config)
+    data_iterator = data_pipeline.make_iterator(
+        stage_data_config(config, stage), global_batch_size=st.global_batch_size,
+        seed=config.seed + stage.index)
+    checkpoints = ckpt_lib.StageCheckpoints(
+        os.path.join(workdir, "checkpoints", stage.directory_name), keep=config.keep_checkpoints)
+    state, state_shardings = initial_state(config, workdir, stages, stage, optimizer,
+                                           checkpoints, mesh, rules, data_iterator)
+    start = int(jax.device_get(state.step))
+    if start >= st.steps:
+        checkpoints.close()
+        return {}
+
+    stage_config = config.copy_and_resolve_references()
+    stage_config.unlock()
+    stage_config.stage = ml_collections.ConfigDict(dict(
+        name=stage.name, num_levels=st.num_levels, image_size=stage.image_size))
+    step_fn = make_train_step(model, stage.diffusion, stage.scales, optimizer, lr_fn,
+                              config.ema_decay, text_fn=no_text)
+    batch_spec = sharding.batch_sharding(mesh, 1).spec
+    jitted = jax.jit(step_fn, donate_argnums=0,
+                     out_shardings=(state_shardings, sharding.replicated(mesh)))
+    throughput = metrics_lib.Throughput(
+        training_flops_per_example(stage.model_config, stage.image_size),
+        num_chips=jax.device_count(),
+        peak_flops_per_chip=metrics_lib.peak_flops_per_chip(jax.devices()[0]))
+    log = metrics_lib.MetricsLog(workdir, total_steps=st.steps, initial_step=start,
+                                 description=f"stage {stage.name}")
+    base_key = jax.random.key(config.seed)
+    counters = data_pipeline.Counters()
+    metrics = None
+    for step in range(start, st.steps):
+        host_batch = next(data_iterator)
+        counters.add(host_batch)
+        batch = data_pipeline.to_global_arrays(data_pipeline.model_inputs(host_batch), mesh,
+                                               batch_spec)
+        rng = jax.random.fold_in(base_key, stage.step_offset + step)
+        state, metrics = jitted(state, batch, rng)
+        throughput.count(st.global_batch_size)
+        done = step + 1
+        if done % config.log_every == 0 or done == st.steps:
+            scalars = {**jax.device_get(metrics), **throughput.report(), **counters.totals()}
+            log.write(stage.step_offset + done, scalars)
+        log.advance(1)
+        stop = guard.should_stop(sync=done % config.log_every == 0)
+        if done % config.checkpoint_every == 0 or done == st.steps or stop:
+            throughput.pause()
+            checkpoints.save(done, state, stage_config, data_iterator, force=stop)
+            throughput.resume()
+        if (config.sample_every and done % config.sample_every == 0) or done == st.steps:
+            throughput.pause()
+            write_samples(config, workdir, stage, model, state, done)
+            throughput.resume()
+        if stop:
+            logging.warning("Stop requested (SIGTERM): saved step %d of stage %s.", done,
+                            stage.name)
+            break
+    checkpoints.wait()
+    checkpoints.close()
+    log.close()
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def write_samples(config, workdir, stage, model, state, step):
+    """A grid of samples from the EMA params, every level side by side."""
+    n = config.sample.num_images
+    num_classes = stage.model_config.num_classes
+    labels = (jax.numpy.arange(n) % num_classes) if num_classes > 0 else None
+    sampler = samples.make_sampler(model, stage.diffusion, stage.scales, config.sample.steps,
+                                   eta=config.sample.ddim_eta,
+                                   guidance_scale=config.sample.guidance_scale)
+    key = jax.random.fold_in(jax.random.key(config.seed), 10_000_000 + step)
+    shape = (n, stage.image_size, stage.image_size, stage.model_config.input_channels)
+    x_init = diffusion.initial_noise(jax.random.fold_in(key, 1), shape, stage.scales)
+    levels = sampler(state.ema_params["unet"], key, x_init, labels, None, None, (None, None))
+    levels = [multihost_utils.process_allgather(x, tiled=True) for x in levels]
+    path = os.path.join(workdir, "samples", f"{stage.name}_step{step:07d}.png")
+    samples.write_grid(path, levels)
+    logging.info("Wrote %s", path)

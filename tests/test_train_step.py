@@ -1,0 +1,148 @@
+"""The sharded train step: equal to one device, compiled once, guarded against NaN; growth."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm_jax import diffusion
+from mdm_jax.models import build_model, config as config_lib, init_params
+from mdm_jax.train import growth, sharding, state as state_lib
+from mdm_jax.train.step import make_train_step
+from mdm_jax.train.defaults import base_config
+
+IMAGE = 16
+
+
+def tiny_model(num_classes=4):
+    inner = config_lib.level_config(
+        resolution_channels=[32, 32], num_resnets_per_resolution=[1, 1], attention_levels=[1],
+        num_attention_layers=[0, 1], temporal_dim=32, num_groups_norm=8,
+        micro_conditioning="scale:8")
+    outer = config_lib.level_config(
+        resolution_channels=[8, 16], num_resnets_per_resolution=[1, 1],
+        num_attention_layers=[0, 0], temporal_dim=32, num_groups_norm=4,
+        skip_mid_blocks=True, micro_conditioning="scale:16")
+    outer.inner = inner
+    return config_lib.model_config(outer, num_classes=num_classes)
+
+
+def make_batch(batch_size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"images": rng.uniform(-1, 1, (batch_size, IMAGE, IMAGE, 3)).astype(np.float32),
+            "labels": rng.integers(-1, 4, (batch_size,)).astype(np.int32),
+            "scale": np.full((batch_size,), 16.0, np.float32)}
+
+
+def setup_step(model_cfg, mesh, mixed_ratio=None):
+    cfg = base_config()
+    diff = diffusion.DiffusionConfig(multi_res_weights=(4.0, 1.0), mixed_ratio=mixed_ratio)
+    optimizer = state_lib.make_optimizer(cfg.optimizer, 1e-3, 2)
+    lr_fn = state_lib.learning_rate_schedule(1e-3, 2)
+    rules = sharding.DEFAULT_RULES
+    make_boxed = lambda: state_lib.state_from_params(
+        {"unet": init_params(model_cfg, jax.random.key(0), IMAGE, boxed=True)}, optimizer)
+    state, shardings = state_lib.create_sharded(make_boxed, mesh, rules)
+    step = make_train_step(build_model(model_cfg), diff, config_lib.nest_scales(model_cfg),
+                           optimizer, lr_fn, ema_decay=0.99)
+    jitted = jax.jit(step, donate_argnums=0,
+                     out_shardings=(shardings, sharding.replicated(mesh)))
+    return state, jitted
+
+
+def put_batch(batch, mesh):
+    spec = sharding.batch_sharding(mesh, 1)
+    return {k: jax.device_put(v, spec) for k, v in batch.items()}
+
+
+def test_mesh_from_config_names_the_fix():
+    assert sharding.mesh_shape({"data": -1, "fsdp": 4, "tensor": 1}, 8) == (2, 4, 1)
+    with pytest.raises(ValueError, match="config.mesh"):
+        sharding.mesh_shape({"data": 3, "fsdp": 2, "tensor": 1}, 8)
+    with pytest.raises(ValueError, match="not a multiple of 3"):
+        sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+
+
+def test_params_are_sharded_over_fsdp():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    state, _ = setup_step(tiny_model(), mesh)
+    kernel = state.params["unet"]["inner_unet"]["down_blocks_0"]["resnets_0"]["conv1"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
+    assert kernel.addressable_shards[0].data.shape == (3, 3, 32, 8)
+    # A dimension the mesh doesn't divide stays whole (3 output channels over fsdp=4).
+    conv_out = state.params["unet"]["conv_out"]["kernel"]
+    assert conv_out.sharding.spec == jax.sharding.PartitionSpec(None, None, None, None)
+
+
+def test_sharded_step_equals_single_device():
+    """float32, one step, on a 2x4 data x fsdp mesh vs one device (mixed-ratio batch)."""
+    mixed_ratio = (1.0, 1.0)
+    model_cfg = tiny_model()
+    batch = make_batch()
+    rng = jax.random.key(7)
+    results = []
+    for mesh in (sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
+                 sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})):
+        state, step = setup_step(model_cfg, mesh, mixed_ratio)
+        state, metrics = step(state, put_batch(batch, mesh), rng)
+        results.append((jax.device_get(metrics), jax.device_get(state.params)))
+    (m1, p1), (m8, p8) = results
+    np.testing.assert_allclose(m1["loss"], m8["loss"], rtol=1e-6)
+    np.testing.assert_allclose(m1["grad_norm"], m8["grad_norm"], rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(p1), jax.tree_util.tree_leaves(p8)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_step_compiles_once_and_skips_non_finite_updates():
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    state, step = setup_step(tiny_model(), mesh)
+    traces = []
+    for i in range(3):
+        state, metrics = step(state, put_batch(make_batch(seed=i), mesh), jax.random.key(i))
+        traces.append(step._cache_size())
+    assert traces == [1, 1, 1]
+    before = jax.device_get(state.params)
+    bad = make_batch(seed=9)
+    bad["images"][0, 0, 0, 0] = np.nan
+    state, metrics = step(state, put_batch(bad, mesh), jax.random.key(9))
+    assert int(metrics["nonfinite_steps"]) == 1 and int(state.step) == 4
+    after = jax.device_get(state.params)
+    for a, b in zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after)):
+        np.testing.assert_array_equal(a, b)
+    assert step._cache_size() == 1
+
+
+def test_growth_keeps_old_params_and_lower_outputs():
+    full = tiny_model()
+    small_cfg = growth.stage_model_config(full, 1)
+    old = init_params(small_cfg, jax.random.key(1), IMAGE // 2)
+    # Give the old model non-trivial output layers so equality means something.
+    old = jax.tree_util.tree_map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
+                                 old)
+    fresh = init_params(full, jax.random.key(2), IMAGE, boxed=True)
+    growth.check_inner_matches(old, fresh)
+    grown = flax.linen.unbox(growth.insert_inner(fresh, old))
+    flat_old = flax.traverse_util.flatten_dict(old)
+    flat_new = flax.traverse_util.flatten_dict(grown["inner_unet"])
+    assert flat_old.keys() == flat_new.keys()
+    for k in flat_old:
+        np.testing.assert_array_equal(flat_old[k], flat_new[k])
+    rng = np.random.default_rng(0)
+    xs = [rng.normal(size=(2, IMAGE, IMAGE, 3)).astype(np.float32),
+          rng.normal(size=(2, IMAGE // 2, IMAGE // 2, 3)).astype(np.float32)]
+    times, labels = jnp.array([10, 700]), jnp.array([1, -1])
+    micros = {"scale": jnp.array([16.0, 8.0])}
+    new_out = jax.jit(build_model(full).apply)({"params": grown}, xs, times,
+                                               class_labels=labels, micros=micros)
+    old_out = jax.jit(build_model(small_cfg).apply)({"params": old}, xs[1:], times,
+                                                    class_labels=labels, micros=micros)
+    np.testing.assert_array_equal(new_out[1], old_out[0])
+
+
+def test_growth_refuses_a_mismatched_checkpoint():
+    full = tiny_model()
+    other = growth.stage_model_config(tiny_model(), 1)
+    other.unet.resolution_channels = [32, 64]
+    old = init_params(other, jax.random.key(1), IMAGE // 2)
+    with pytest.raises(ValueError, match=r"does not fit the new model's inner UNet at"):
+        growth.check_inner_matches(old, init_params(full, jax.random.key(2), IMAGE, boxed=True))
