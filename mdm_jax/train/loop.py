@@ -16,12 +16,15 @@ from jax.experimental import multihost_utils
 
 from mdm_jax import diffusion
 from mdm_jax.data import pipeline as data_pipeline
+from mdm_jax.data import shapes as shapes_data
+from mdm_jax.data import sources as data_sources
 from mdm_jax.models import build_model, config as model_config_lib, init_params
 from mdm_jax.models.flops import training_flops_per_example
 from mdm_jax.train import checkpoint as ckpt_lib
 from mdm_jax.train import growth, metrics as metrics_lib, samples, sharding, state as state_lib
 from mdm_jax.train.preemption import PreemptionGuard
 from mdm_jax.train.step import make_train_step, no_text
+from mdm_jax.train.validate import validate
 
 
 @dataclasses.dataclass
@@ -116,8 +119,29 @@ def initial_state(config, workdir, stages, stage, optimizer, checkpoints, mesh, 
     return state_lib.create_sharded(make_boxed, mesh, rules)
 
 
+def prepare_data(config):
+    """Generates the shapes data set on first use (it needs no download); other data sets
+    must be built beforehand (python -m mdm_jax.data.build), which validation checks."""
+    if config.data.dataset == "shapes":
+        if jax.process_index() == 0:
+            cfg = config.data.shapes
+            shapes_data.build(data_sources.data_dir(config.data), cfg.image_size,
+                              cfg.num_examples, cfg.seed)
+        multihost_utils.sync_global_devices("shapes data set built")
+
+
 def train(config, workdir):
-    """Runs every stage of `config` in workdir; returns the final stage's last metrics."""
+    """Runs every stage of `config` in workdir; returns the final stage's last metrics.
+
+    Builds the shapes data if needed, validates the config, writes it to the workdir.
+    """
+    prepare_data(config)
+    validate(config)
+    workdir = os.path.abspath(os.path.expanduser(workdir))
+    if jax.process_index() == 0:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json_best_effort(indent=2))
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     stages = plan_stages(config)

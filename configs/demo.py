@@ -1,0 +1,59 @@
+"""The embedded default: a small two-level MDM (64² around 32²) on the shapes data set.
+
+Class-conditional on the main object's shape and colour. Trains the 32² UNet, grows it
+into the nested 64² model, trains that. About ten minutes on a 2-core CPU.
+Presets: `configs/demo.py` (default) and `configs/demo.py:smoke` (a few steps, for tests).
+"""
+from mdm_jax.data import shapes_render
+from mdm_jax.data.config import get_data_config
+from mdm_jax.models import config as model_config
+from mdm_jax.train import defaults
+
+
+def get_config(arg=None):
+    cfg = defaults.base_config()
+    inner = model_config.level_config(
+        resolution_channels=[64, 128, 128], num_resnets_per_resolution=[1, 1, 1],
+        attention_levels=[2], num_attention_layers=[0, 0, 1], temporal_dim=128,
+        num_groups_norm=16, micro_conditioning="")
+    outer = model_config.level_config(
+        resolution_channels=[32, 64], num_resnets_per_resolution=[1, 1],
+        num_attention_layers=[0, 0], temporal_dim=128, num_groups_norm=16,
+        skip_mid_blocks=True, micro_conditioning="")
+    outer.inner = inner
+    cfg.model = model_config.model_config(outer, num_classes=len(shapes_render.CLASS_NAMES))
+
+    cfg.data = get_data_config()
+    cfg.data.dataset = "shapes"
+    cfg.data.data_dir = "./workdir/data"
+    cfg.data.image_size = 64
+    cfg.data.shapes.image_size = 64
+    cfg.data.shapes.num_examples = 10_000
+
+    cfg.diffusion.schedule_type = "cosine"
+    cfg.stages.res32 = defaults.stage(num_levels=1, steps=600, global_batch_size=32,
+                                      learning_rate=1e-3, warmup_steps=50)
+    cfg.stages.res64 = defaults.stage(num_levels=2, steps=400, global_batch_size=32,
+                                      learning_rate=5e-4, warmup_steps=50,
+                                      multi_res_weights=(4.0, 1.0))
+    cfg.ema_decay = 0.999
+    cfg.log_every = 25
+    cfg.checkpoint_every = 200
+    cfg.sample_every = 0
+    cfg.sample.num_images = 8
+    cfg.sample.steps = 50
+    cfg.sample.guidance_scale = 2.0
+
+    if arg == "smoke":
+        cfg.data.shapes.num_examples = 256
+        cfg.stages.res32.steps = 4
+        cfg.stages.res64.steps = 4
+        cfg.stages.res32.global_batch_size = 8
+        cfg.stages.res64.global_batch_size = 8
+        cfg.log_every = 2
+        cfg.checkpoint_every = 2
+        cfg.sample.num_images = 2
+        cfg.sample.steps = 2
+    elif arg:
+        raise ValueError(f"Unknown demo preset {arg!r}; use configs/demo.py or :smoke.")
+    return cfg
