@@ -1,0 +1,64 @@
+"""Names and bookkeeping of the bad-record counters.
+
+A record the pipeline cannot use whole is converted (and kept) or skipped, and counted
+under one of READ_COUNTERS. Builders count what they skip while converting sources
+(BUILD_COUNTERS) and store the counts in the data set's tfds metadata. The pipeline
+reports both, cumulatively, in every batch (see pipeline.py and docs/data.md).
+"""
+import numpy as np
+
+# Counted while reading, per record (in whichever process decodes it).
+READ_COUNTERS = (
+    "corrupt_image",           # skipped: not an image, truncated, or failed to decode
+    "skipped_enormous",        # skipped: more pixels than data.max_image_pixels
+    "upscaled_small",          # kept: shorter side below image_size, upscaled
+    "converted_cmyk",          # kept: CMYK (or YCCK) converted to RGB
+    "converted_grey",          # kept: greyscale or black-and-white converted to RGB
+    "converted_palette",       # kept: palette image converted to RGB
+    "converted_alpha",         # kept: transparency composited onto white
+    "converted_16bit",         # kept: 16 bits per channel reduced to 8
+    "converted_caption_utf8",  # kept: caption bytes not valid UTF-8, bad bytes replaced
+    "skipped_empty_caption",   # skipped: caption empty or only whitespace
+    "caption_truncated",       # kept: caption tokens cut to data.max_token_length
+    "caption_filtered",        # skipped: too many tokens and data.caption_overflow='filter'
+    "skipped_error",           # skipped: any other error while processing the record
+)
+
+# Counted once by a builder, stored in the data set's metadata under "build_counters".
+BUILD_COUNTERS = (
+    "skipped_missing_shard",    # a listed tar or TSV file does not exist
+    "skipped_unreadable_shard",  # a tar or TSV file that could not be read (to its end)
+    "skipped_missing_caption",  # an image in a tar without its KEY.txt
+    "skipped_missing_image",    # a caption in a tar without an image, or a TSV row's missing file
+)
+
+READ_INDEX = {name: i for i, name in enumerate(READ_COUNTERS)}
+# Field of each example (int32 [len(READ_COUNTERS)]) counting the records its worker
+# dropped or converted since its previous example; the pipeline sums and removes it.
+FIELD = "_bad_records"
+
+
+class Skip(Exception):
+    """The record can't be used; `counter` (a READ_COUNTERS name) says why."""
+
+    def __init__(self, counter):
+        super().__init__(counter)
+        self.counter = counter
+
+
+def zeros():
+    return np.zeros(len(READ_COUNTERS), np.int32)
+
+
+def one(name):
+    """A counter vector counting one event."""
+    counts = zeros()
+    counts[READ_INDEX[name]] = 1
+    return counts
+
+
+def as_dict(read_totals, build_totals):
+    """{name: count} of both kinds, in a stable order."""
+    out = {name: int(v) for name, v in zip(READ_COUNTERS, read_totals)}
+    out.update({name: int(build_totals.get(name, 0)) for name in BUILD_COUNTERS})
+    return out

@@ -1,0 +1,117 @@
+"""One record -> one training example (or a skip), in whichever process grain runs it.
+
+An example holds the batch fields of docs/data.md plus counters.FIELD, this record's
+conversions; a skipped record becomes {counters.FIELD: counts} alone, which
+pipeline.SkipBadRecords drops after carrying its counts forward. Nothing a record holds
+can raise out of here: a long run never stops on one bad record.
+"""
+import dataclasses
+
+import grain
+import numpy as np
+from absl import logging
+
+from mdm_jax.data import counters, images, records
+from mdm_jax.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class ExampleSpec:
+    image_size: int
+    random_crop: bool
+    random_flip: bool
+    max_image_pixels: int
+    tokenizer: str  # path; '' when the data set has no captions
+    max_token_length: int
+    filter_long_captions: bool
+    caption_dropout: float
+    label_dropout: float
+    has_label: bool
+
+    @classmethod
+    def from_config(cls, config, info):
+        return cls(image_size=config.image_size, random_crop=config.crop == "random",
+                   random_flip=config.random_flip, max_image_pixels=config.max_image_pixels,
+                   tokenizer=info.tokenizer, max_token_length=config.max_token_length,
+                   filter_long_captions=config.caption_overflow == "filter",
+                   caption_dropout=config.caption_dropout, label_dropout=config.label_dropout,
+                   has_label=info.has_label)
+
+
+def decode_caption(data, counts):
+    """Caption text from stored bytes. Not UTF-8: read as Windows-1252, the usual
+    encoding of such web captions, dropping bytes that aren't characters there either."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        counts[counters.READ_INDEX["converted_caption_utf8"]] += 1
+        return data.decode("cp1252", errors="ignore")
+
+
+class ProcessRecord(grain.transforms.RandomMap):
+    """Decode, crop, flip, `scale`, tokenise, drop out: a grain RandomMap."""
+
+    def __init__(self, spec):
+        self.spec = spec
+
+    def random_map(self, record, rng):
+        counts = counters.zeros()
+        # Every draw happens for every record, so a record's randomness doesn't depend on
+        # the options or on what earlier records held.
+        crop_offset, flip, drop_caption, drop_label = rng.random(4)
+        try:
+            example = self._example(record, crop_offset, flip < 0.5,
+                                    drop_caption < self.spec.caption_dropout,
+                                    drop_label < self.spec.label_dropout, counts)
+        except counters.Skip as skip:
+            counts[counters.READ_INDEX[skip.counter]] += 1
+            return {counters.FIELD: counts}
+        except Exception as error:  # noqa: BLE001 - counted and logged, never fatal
+            logging.log_every_n_seconds(logging.WARNING, "Skipped a record: %r", 60, error)
+            counts[counters.READ_INDEX["skipped_error"]] += 1
+            return {counters.FIELD: counts}
+        example[counters.FIELD] = counts
+        return example
+
+    def _example(self, record, crop_offset, flip, drop_caption, drop_label, counts):
+        spec = self.spec
+        example = {}
+        if spec.tokenizer:  # text first: a skipped caption then costs no image decoding
+            example["tokens"], example["token_mask"] = self._tokens(
+                record[records.CAPTION], drop_caption, counts)
+        image, stored_size = images.open_rgb(
+            record[records.IMAGE], spec.image_size, spec.max_image_pixels, counts)
+        if min(image.size) < spec.image_size:
+            counts[counters.READ_INDEX["upscaled_small"]] += 1
+        pixels = images.square(image, spec.image_size,
+                               crop_offset if spec.random_crop else None)
+        if spec.random_flip and flip:
+            pixels = pixels[:, ::-1]
+        example["images"] = pixels.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
+        # `scale` is the original image's shorter side in pixels: how many original pixels
+        # the crop spans (see docs/data.md for the reference's definition).
+        width, height = int(record[records.WIDTH]), int(record[records.HEIGHT])
+        if width <= 0 or height <= 0:
+            width, height = stored_size
+        example["scale"] = np.float32(min(width, height))
+        if spec.has_label:
+            example["labels"] = np.int32(-1 if drop_label else record[records.LABEL])
+        return example
+
+    def _tokens(self, caption, drop, counts):
+        spec = self.spec
+        tokenizer = tokenizer_lib.load(spec.tokenizer)
+        text = decode_caption(caption, counts)
+        if not text.strip():
+            raise counters.Skip("skipped_empty_caption")
+        # The caption is checked even when dropped, so that which records are kept never
+        # depends on the dropout draw.
+        ids, truncated = tokenizer_lib.fit(
+            tokenizer.encode(text), spec.max_token_length, tokenizer.eos_id)
+        if truncated:
+            if spec.filter_long_captions:
+                raise counters.Skip("caption_filtered")
+            counts[counters.READ_INDEX["caption_truncated"]] += 1
+        if drop:
+            ids = tokenizer.encode("")
+        return tokenizer.pad(ids, spec.max_token_length)
