@@ -1,7 +1,9 @@
 """The training entrypoint end to end, in subprocesses: resume, preemption, two processes.
 
 Every run uses configs/demo.py:smoke (a few steps per stage, both stages, growth between
-them) on 8 fake CPU devices, logging and checkpointing every step.
+them) on 2 fake CPU devices (1 per process in the two-process run), logging and
+checkpointing every step. The runs share a persistent compilation cache, so a resumed run
+doesn't compile again what the first one did.
 """
 import json
 import os
@@ -23,15 +25,20 @@ def train_command(workdir, data_dir, *extra):
             "--config.log_every=1", "--config.checkpoint_every=1", *STEPS, *extra]
 
 
+COMPILE_CACHE = os.path.join(ROOT, ".pytest_cache", "jax_compile_cache")
+
+
 def env_with_devices(count):
     env = dict(os.environ)
     env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={count} "
                         "--xla_backend_optimization_level=0")
+    env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
+    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     return env
 
 
 def start(command, env=None, log=None):
-    return subprocess.Popen(command, cwd=ROOT, env=env or env_with_devices(8),
+    return subprocess.Popen(command, cwd=ROOT, env=env or env_with_devices(2),
                             stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
 
 
@@ -58,7 +65,7 @@ def wait_for_step(workdir, step, process, timeout=600):
 
 
 def run_to_end(command, env=None, timeout=900):
-    result = subprocess.run(command, cwd=ROOT, env=env or env_with_devices(8),
+    result = subprocess.run(command, cwd=ROOT, env=env or env_with_devices(2),
                             capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
@@ -127,13 +134,14 @@ def free_port():
 
 
 def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
-    """Two jax.distributed processes with 4 CPU devices each: the same losses as 8 in one."""
+    """Two jax.distributed processes with one CPU device each: the losses of one process
+    with two devices."""
     workdir = str(tmp_path)
     port = free_port()
     processes = [
         start(train_command(workdir, data_dir, f"--coordinator_address=localhost:{port}",
                             "--num_processes=2", f"--process_id={i}"),
-              env=env_with_devices(4))
+              env=env_with_devices(1))
         for i in range(2)]
     for p in processes:
         assert p.wait(timeout=900) == 0
@@ -141,3 +149,44 @@ def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
     assert sorted(two) == sorted(one)
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
+
+
+SHORT = ["--config.stages.res32.steps=2", "--config.stages.res64.steps=1",
+         "--config.checkpoint_every=10"]
+TEXT_WIDTH = 64
+
+
+def test_trainable_text_encoder_trains_end_to_end(tmp_path, data_dir):
+    """The small encoder's params join the train state and survive growth."""
+    workdir = str(tmp_path)
+    run_to_end(train_command(
+        workdir, data_dir, *SHORT, "--config.text.kind=small", "--config.text.max_length=16",
+        f"--config.text.small.width={TEXT_WIDTH}", "--config.text.small.depth=1",
+        "--config.text.small.num_heads=4",
+        f"--config.model.conditioning_feature_dim={TEXT_WIDTH}",
+        "--config.sample.prompts=('a red circle',)"))
+    assert sorted(losses(workdir)) == [1, 2, 3]
+    assert os.path.exists(os.path.join(workdir, "samples", "res64_step0000001.png"))
+
+
+def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninterrupted):
+    from mdm_jax.data import counters, records, sources, transforms
+    from mdm_jax.data.config import get_data_config
+    from mdm_jax.models import text
+    from mdm_jax.models.text.precompute import precompute_embeddings
+    data = get_data_config()
+    data.data_dir, data.image_size = data_dir, 64
+    data.shapes.image_size, data.shapes.num_examples = 64, 256
+    source, info = sources.open_source(data)
+    captions = [transforms.decode_caption(source[i][records.CAPTION], counters.zeros())
+                for i in range(len(source))]
+    encoder = text.text_encoder_config(kind="t5", max_length=16, tokenizer=info.tokenizer)
+    encoder.t5.preset = "flan-t5-small"
+    output = str(tmp_path / "embeddings")
+    precompute_embeddings(captions, encoder, output, batch_size=64)
+    workdir = str(tmp_path / "run")
+    run_to_end(train_command(
+        workdir, data_dir, *SHORT, "--config.text.kind=precomputed",
+        f"--config.text.precomputed_dir={output}", "--config.text.max_length=16",
+        "--config.model.conditioning_feature_dim=512", "--config.sample_every=0"))
+    assert sorted(losses(workdir)) == [1, 2, 3]

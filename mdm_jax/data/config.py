@@ -23,6 +23,9 @@ def get_data_config():
     c.max_image_pixels = 64_000_000  # larger images (after JPEG draft scaling) are skipped
     c.tokenizer = ""  # sentencepiece model; '' = the data set's own (shapes ships one)
     c.max_token_length = 128
+    # Precomputed text embeddings (python -m mdm_jax.models.text.precompute) read instead of
+    # tokens; '' = tokenise. Training sets it from text.precomputed_dir.
+    c.text_embeddings_dir = ""
     c.caption_overflow = "truncate"
     c.caption_dropout = 0.1  # probability of training on the empty caption instead
     c.label_dropout = 0.1  # probability of label -1 (no label) instead

@@ -20,6 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from mdm_jax.data import config as config_lib
 from mdm_jax.data import counters, sources, transforms
+from mdm_jax.models.text import embeddings as text_embeddings
 
 COUNTERS = "counters"
 # SkipBadRecords gives up (with an error naming the counts) after this many skipped
@@ -116,6 +117,24 @@ class _CountTotalsIterator(grain.DatasetIterator):
         self._totals = np.asarray(state["totals"], np.int64)
 
 
+class WithEmbeddings:
+    """A record source joined with precomputed text embeddings, example i with record i."""
+
+    def __init__(self, source, directory):
+        self._source = source
+        self._embeddings = text_embeddings.data_source(directory)
+        if len(self._embeddings) != len(source):
+            raise ValueError(f"{directory} holds {len(self._embeddings)} embeddings but the "
+                             f"data split has {len(source)} records: precompute them for "
+                             "this data set and split.")
+
+    def __len__(self):
+        return len(self._source)
+
+    def __getitem__(self, index):
+        return {**self._source[index], transforms.EMBEDDING: self._embeddings[index]}
+
+
 class ProcessSlice(grain.MapDataset):
     """This process's rows of every global batch of `parent` (which is in global order).
 
@@ -152,6 +171,8 @@ def make_dataset(data_config, *, global_batch_size, seed=None, process_index=Non
     per_host = global_batch_size // process_count
     seed = data_config.seed if seed is None else seed
     source, info = sources.open_source(data_config)
+    if data_config.text_embeddings_dir:
+        source = WithEmbeddings(source, data_config.text_embeddings_dir)
     ds = grain.MapDataset.source(source)
     if len(ds) < global_batch_size:
         raise ValueError(

@@ -12,6 +12,10 @@ import numpy as np
 from absl import logging
 
 from mdm_jax.data import counters, images, records
+from mdm_jax.models.text import embeddings
+
+# The record field that carries a precomputed text embedding (see pipeline.WithEmbeddings).
+EMBEDDING = "text_embedding_record"
 from mdm_jax.data import tokenizer as tokenizer_lib
 
 
@@ -27,15 +31,25 @@ class ExampleSpec:
     caption_dropout: float
     label_dropout: float
     has_label: bool
+    # Precomputed text embeddings (instead of tokens): their metadata and the embedding
+    # and mask of "" that caption dropout substitutes.
+    embeddings_metadata: dict = None
+    unconditional: tuple = None
 
     @classmethod
     def from_config(cls, config, info):
+        metadata, unconditional = None, None
+        if config.text_embeddings_dir:
+            metadata = embeddings.read_metadata(config.text_embeddings_dir)
+            unconditional = embeddings.unconditional(config.text_embeddings_dir)
         return cls(image_size=config.image_size, random_crop=config.crop == "random",
                    random_flip=config.random_flip, max_image_pixels=config.max_image_pixels,
-                   tokenizer=info.tokenizer, max_token_length=config.max_token_length,
+                   tokenizer="" if metadata else info.tokenizer,
+                   max_token_length=config.max_token_length,
                    filter_long_captions=config.caption_overflow == "filter",
                    caption_dropout=config.caption_dropout, label_dropout=config.label_dropout,
-                   has_label=info.has_label)
+                   has_label=info.has_label, embeddings_metadata=metadata,
+                   unconditional=unconditional)
 
 
 def decode_caption(data, counts):
@@ -79,6 +93,10 @@ class ProcessRecord(grain.transforms.RandomMap):
         if spec.tokenizer:  # text first: a skipped caption then costs no image decoding
             example["tokens"], example["token_mask"] = self._tokens(
                 record[records.CAPTION], drop_caption, counts)
+        if spec.embeddings_metadata:
+            embedding, mask = (spec.unconditional if drop_caption else embeddings.decode_record(
+                record[EMBEDDING], spec.embeddings_metadata)[1:])
+            example["text_embeddings"], example["token_mask"] = embedding, mask
         image, stored_size = images.open_rgb(
             record[records.IMAGE], spec.image_size, spec.max_image_pixels, counts)
         if min(image.size) < spec.image_size:

@@ -11,6 +11,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from mdm_jax.diffusion import DiffusionConfig
+from mdm_jax.models.text import text_encoder_config
 from mdm_jax.train.sharding import DEFAULT_RULES
 
 
@@ -43,6 +44,7 @@ def base_config():
     cfg.model = config_dict.placeholder(ml_collections.ConfigDict)
     cfg.diffusion = diffusion_defaults()
     cfg.data = config_dict.placeholder(ml_collections.ConfigDict)
+    cfg.text = text_encoder_config()
     cfg.stages = ml_collections.ConfigDict()
     cfg.optimizer = ml_collections.ConfigDict(dict(
         b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.0, grad_clip_norm=2.0))
@@ -54,5 +56,5 @@ def base_config():
     cfg.keep_checkpoints = 3
     cfg.sample_every = 5000          # 0: only at the end of each stage
     cfg.sample = ml_collections.ConfigDict(dict(
-        num_images=8, steps=50, guidance_scale=1.0, ddim_eta=0.0))
+        num_images=8, steps=50, guidance_scale=1.0, ddim_eta=0.0, prompts=("",)))
     return cfg

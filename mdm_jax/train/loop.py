@@ -23,7 +23,8 @@ from mdm_jax.models.flops import training_flops_per_example
 from mdm_jax.train import checkpoint as ckpt_lib
 from mdm_jax.train import growth, metrics as metrics_lib, samples, sharding, state as state_lib
 from mdm_jax.train.preemption import PreemptionGuard
-from mdm_jax.train.step import make_train_step, no_text
+from mdm_jax.train import text_conditioning
+from mdm_jax.train.step import make_train_step
 from mdm_jax.train.validate import validate
 
 
@@ -69,41 +70,49 @@ def stage_data_config(config, stage):
     return data
 
 
-def _boxed_state_fn(stage, optimizer, seed):
+def _fresh_params(stage, text, seed):
+    """Boxed fresh trainable params: the stage's UNet, and a trainable text encoder."""
+    unet_key, text_key = jax.random.split(jax.random.key(seed))
+    params = {"unet": init_params(stage.model_config, unet_key, stage.image_size, boxed=True)}
+    if text.trainable:
+        params["text"] = text.init_boxed(text_key)
+    return params
+
+
+def _boxed_state_fn(stage, text, optimizer, seed):
     def make_boxed():
-        params = init_params(stage.model_config, jax.random.key(seed), stage.image_size,
-                             boxed=True)
-        return state_lib.state_from_params({"unet": params}, optimizer)
+        return state_lib.state_from_params(_fresh_params(stage, text, seed), optimizer)
     return make_boxed
 
 
-def _grown_state_fn(stage, optimizer, seed):
+def _grown_state_fn(stage, text, optimizer, seed):
+    """The new stage's state: old params and EMA in the inner UNet, the text encoder kept."""
     def make_boxed(old_params, old_ema):
-        fresh = init_params(stage.model_config, jax.random.key(seed), stage.image_size,
-                            boxed=True)
-        growth.check_inner_matches(old_params["unet"], fresh)
-        state = state_lib.state_from_params(
-            {"unet": growth.insert_inner(fresh, old_params["unet"])}, optimizer)
-        return state.replace(ema_params={"unet": growth.insert_inner(fresh, old_ema["unet"])})
+        fresh = _fresh_params(stage, text, seed)
+        growth.check_inner_matches(old_params["unet"], fresh["unet"])
+
+        def grown(old):
+            return {**fresh, **old, "unet": growth.insert_inner(fresh["unet"], old["unet"])}
+        state = state_lib.state_from_params(grown(old_params), optimizer)
+        return state.replace(ema_params=grown(old_ema))
     return make_boxed
 
 
-def previous_params(workdir, previous, mesh, rules, seed):
+def previous_params(workdir, previous, text, mesh, rules, seed):
     """Params and EMA of the previous stage's latest checkpoint, sharded onto `mesh`."""
     def make_boxed():
-        p = init_params(previous.model_config, jax.random.key(seed), previous.image_size,
-                        boxed=True)
-        return {"params": {"unet": p}, "ema_params": {"unet": p}}
+        p = _fresh_params(previous, text, seed)
+        return {"params": p, "ema_params": p}
     target = state_lib.abstract_with_shardings(make_boxed, mesh, rules)
     directory = os.path.join(workdir, "checkpoints", previous.directory_name)
     restored, _ = ckpt_lib.restore_params(directory, target)
     return restored["params"], restored["ema_params"]
 
 
-def initial_state(config, workdir, stages, stage, optimizer, checkpoints, mesh, rules,
+def initial_state(config, workdir, stages, stage, text, optimizer, checkpoints, mesh, rules,
                   data_iterator):
     """Resume, grow or start fresh; returns (state, state shardings)."""
-    make_boxed = _boxed_state_fn(stage, optimizer, config.seed)
+    make_boxed = _boxed_state_fn(stage, text, optimizer, config.seed)
     latest = checkpoints.latest_step()
     if latest is not None:
         abstract = state_lib.abstract_with_shardings(make_boxed, mesh, rules)
@@ -112,9 +121,9 @@ def initial_state(config, workdir, stages, stage, optimizer, checkpoints, mesh, 
         return state, jax.tree_util.tree_map(lambda x: x.sharding, abstract)
     if stage.index > 0:
         previous = stages[stage.index - 1]
-        old_params, old_ema = previous_params(workdir, previous, mesh, rules, config.seed)
+        old_params, old_ema = previous_params(workdir, previous, text, mesh, rules, config.seed)
         logging.info("Stage %s: grown from stage %s.", stage.name, previous.name)
-        return state_lib.create_sharded(_grown_state_fn(stage, optimizer, config.seed),
+        return state_lib.create_sharded(_grown_state_fn(stage, text, optimizer, config.seed),
                                         mesh, rules, old_params, old_ema)
     return state_lib.create_sharded(make_boxed, mesh, rules)
 
@@ -136,6 +145,7 @@ def train(config, workdir):
     Builds the shapes data if needed, validates the config, writes it to the workdir.
     """
     prepare_data(config)
+    text_conditioning.resolve(config)
     validate(config)
     workdir = os.path.abspath(os.path.expanduser(workdir))
     if jax.process_index() == 0:
@@ -145,16 +155,17 @@ def train(config, workdir):
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     stages = plan_stages(config)
+    text = text_conditioning.TextConditioning.create(config, mesh, rules)
     guard = PreemptionGuard()
     last = {}
     for stage in stages:
-        last = train_stage(config, workdir, stages, stage, mesh, rules, guard)
+        last = train_stage(config, workdir, stages, stage, text, mesh, rules, guard)
         if guard.stopped:
             break
     return last
 
 
-def train_stage(config, workdir, stages, stage, mesh, rules, guard):
+def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
     st = stage.config
     optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate, st.warmup_steps)
     lr_fn = state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps)
@@ -164,7 +175,7 @@ def train_stage(config, workdir, stages, stage, mesh, rules, guard):
         seed=config.seed + stage.index)
     checkpoints = ckpt_lib.StageCheckpoints(
         os.path.join(workdir, "checkpoints", stage.directory_name), keep=config.keep_checkpoints)
-    state, state_shardings = initial_state(config, workdir, stages, stage, optimizer,
+    state, state_shardings = initial_state(config, workdir, stages, stage, text, optimizer,
                                            checkpoints, mesh, rules, data_iterator)
     start = int(jax.device_get(state.step))
     if start >= st.steps:
@@ -176,7 +187,7 @@ def train_stage(config, workdir, stages, stage, mesh, rules, guard):
     stage_config.stage = ml_collections.ConfigDict(dict(
         name=stage.name, num_levels=st.num_levels, image_size=stage.image_size))
     step_fn = make_train_step(model, stage.diffusion, stage.scales, optimizer, lr_fn,
-                              config.ema_decay, text_fn=no_text)
+                              config.ema_decay, text_fn=text.text_fn())
     batch_spec = sharding.batch_sharding(mesh, 1).spec
     jitted = jax.jit(step_fn, donate_argnums=0,
                      out_shardings=(state_shardings, sharding.replicated(mesh)))
@@ -195,7 +206,7 @@ def train_stage(config, workdir, stages, stage, mesh, rules, guard):
         batch = data_pipeline.to_global_arrays(data_pipeline.model_inputs(host_batch), mesh,
                                                batch_spec)
         rng = jax.random.fold_in(base_key, stage.step_offset + step)
-        state, metrics = jitted(state, batch, rng)
+        state, metrics = jitted(state, batch, rng, text.frozen_params)
         throughput.count(st.global_batch_size)
         done = step + 1
         if done % config.log_every == 0 or done == st.steps:
@@ -209,7 +220,7 @@ def train_stage(config, workdir, stages, stage, mesh, rules, guard):
             throughput.resume()
         if (config.sample_every and done % config.sample_every == 0) or done == st.steps:
             throughput.pause()
-            write_samples(config, workdir, stage, model, state, done)
+            write_samples(config, workdir, stage, model, text, state, done)
             throughput.resume()
         if stop:
             logging.warning("Stop requested (SIGTERM): saved step %d of stage %s.", done,
@@ -221,18 +232,24 @@ def train_stage(config, workdir, stages, stage, mesh, rules, guard):
     return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
 
 
-def write_samples(config, workdir, stage, model, state, step):
+def write_samples(config, workdir, stage, model, text, state, step):
     """A grid of samples from the EMA params, every level side by side."""
     n = config.sample.num_images
     num_classes = stage.model_config.num_classes
     labels = (jax.numpy.arange(n) % num_classes) if num_classes > 0 else None
+    lm, mask, uncond = None, None, (None, None)
+    if config.text.kind != "none":
+        prompts = list(config.sample.prompts) or [""]
+        prompts = [prompts[i % len(prompts)] for i in range(n)]
+        lm, mask = text.encode_prompts(state.ema_params, prompts)
+        uncond = text.encode_prompts(state.ema_params, [""] * n)
     sampler = samples.make_sampler(model, stage.diffusion, stage.scales, config.sample.steps,
                                    eta=config.sample.ddim_eta,
                                    guidance_scale=config.sample.guidance_scale)
     key = jax.random.fold_in(jax.random.key(config.seed), 10_000_000 + step)
     shape = (n, stage.image_size, stage.image_size, stage.model_config.input_channels)
     x_init = diffusion.initial_noise(jax.random.fold_in(key, 1), shape, stage.scales)
-    levels = sampler(state.ema_params["unet"], key, x_init, labels, None, None, (None, None))
+    levels = sampler(state.ema_params["unet"], key, x_init, labels, lm, mask, uncond)
     levels = [multihost_utils.process_allgather(x, tiled=True) for x in levels]
     path = os.path.join(workdir, "samples", f"{stage.name}_step{step:07d}.png")
     samples.write_grid(path, levels)
