@@ -31,9 +31,9 @@ def get_config(arg=None):
     cfg.data.shapes.num_examples = 10_000
 
     cfg.diffusion.schedule_type = "cosine"
-    cfg.stages.res32 = defaults.stage(num_levels=1, steps=600, global_batch_size=32,
+    cfg.stages.res32 = defaults.stage(num_levels=1, steps=300, global_batch_size=32,
                                       learning_rate=1e-3, warmup_steps=50)
-    cfg.stages.res64 = defaults.stage(num_levels=2, steps=400, global_batch_size=32,
+    cfg.stages.res64 = defaults.stage(num_levels=2, steps=200, global_batch_size=32,
                                       learning_rate=5e-4, warmup_steps=50,
                                       multi_res_weights=(4.0, 1.0))
     cfg.ema_decay = 0.999

@@ -49,7 +49,9 @@ def plan_stages(config):
     """The stages of `config` in order, with their models, image sizes and step offsets."""
     full_scales = model_config_lib.nest_scales(config.model)
     out, offset = [], 0
-    for index, (name, st) in enumerate(config.stages.items()):
+    # ConfigDict iterates keys sorted by name; stages run from fewest levels to most.
+    ordered = sorted(config.stages.items(), key=lambda item: item[1].num_levels)
+    for index, (name, st) in enumerate(ordered):
         model_cfg = growth.stage_model_config(config.model, st.num_levels)
         scales = tuple(model_config_lib.nest_scales(model_cfg))
         image_size = config.data.image_size * scales[0] // full_scales[0]

@@ -22,7 +22,7 @@ def validate(config, num_devices=None, num_processes=None):
         raise ValueError("config.stages is empty: list at least one stage.")
     num_levels = len(model_config_lib.levels(config.model))
     previous = None
-    for name, stage in config.stages.items():
+    for name, stage in sorted(config.stages.items(), key=lambda item: item[1].num_levels):
         where = f"config.stages.{name}"
         if not 1 <= stage.num_levels <= num_levels:
             raise ValueError(f"{where}.num_levels={stage.num_levels}; the model has "
