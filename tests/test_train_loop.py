@@ -190,3 +190,45 @@ def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninte
         f"--config.text.precomputed_dir={output}", "--config.text.max_length=16",
         "--config.model.conditioning_feature_dim=512", "--config.sample_every=0"))
     assert sorted(losses(workdir)) == [1, 2, 3]
+
+
+def smoke_config():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("smoke")
+
+
+def test_grow_command_puts_the_old_stage_inside_the_new_one(tmp_path, data_dir, uninterrupted):
+    import flax
+    import jax
+    import numpy as np
+    from mdm_jax.grow import grow
+    from mdm_jax.train import checkpoint, loop, sharding, state
+    from mdm_jax.train.text_conditioning import TextConditioning
+    config = smoke_config()
+    config.data.data_dir = data_dir
+    old_dir = os.path.join(uninterrupted, "checkpoints", "res32")
+    new_dir = grow(config, "res64", old_dir, str(tmp_path))
+
+    stages = loop.plan_stages(config)
+    mesh = sharding.make_mesh(config.mesh)
+    rules = sharding.DEFAULT_RULES
+    text = TextConditioning.create(config, mesh, rules)
+    old_params, old_ema = loop.previous_params(old_dir, stages[0], text, mesh, rules, 0)
+    new_target = state.abstract_with_shardings(
+        lambda: {"params": loop._fresh_params(stages[1], text, 0),
+                 "ema_params": loop._fresh_params(stages[1], text, 0)}, mesh, rules)
+    new, step = checkpoint.restore_params(new_dir, new_target)
+    assert step == 0
+    for old, grown in ((old_params, new["params"]), (old_ema, new["ema_params"])):
+        flat_old = flax.traverse_util.flatten_dict(jax.device_get(old["unet"]))
+        flat_new = flax.traverse_util.flatten_dict(jax.device_get(grown["unet"]["inner_unet"]))
+        assert flat_old.keys() == flat_new.keys()
+        for key in flat_old:
+            np.testing.assert_array_equal(flat_old[key], flat_new[key])
+    # Growing from a checkpoint of the wrong stage names the mismatch.
+    with pytest.raises(ValueError, match=r"stage 'res64' with 2 level\(s\).*needs one with 1"):
+        grow(config, "res64", os.path.join(uninterrupted, "checkpoints", "res64"),
+             str(tmp_path / "again"))

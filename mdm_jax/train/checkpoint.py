@@ -41,7 +41,9 @@ class StageCheckpoints:
         """The state at `step` onto the shardings in abstract_state; the iterator in place."""
         check_architecture(self.read_config(step), abstract_state, self.directory, step)
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
-        if data_iterator is not None:
+        # A grown stage's first checkpoint (mdm_jax.grow) has no data position yet.
+        has_data = os.path.isdir(os.path.join(self.directory, str(step), DATA))
+        if data_iterator is not None and has_data:
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
 

@@ -40,10 +40,6 @@ class Stage:
     image_size: int
     step_offset: int                         # global step of this stage's step 0
 
-    @property
-    def directory_name(self):
-        return self.name
-
 
 def plan_stages(config):
     """The stages of `config` in order, with their models, image sizes and step offsets."""
@@ -100,15 +96,37 @@ def _grown_state_fn(stage, text, optimizer, seed):
     return make_boxed
 
 
-def previous_params(workdir, previous, text, mesh, rules, seed):
-    """Params and EMA of the previous stage's latest checkpoint, sharded onto `mesh`."""
+def previous_params(directory, previous, text, mesh, rules, seed):
+    """Params and EMA of a checkpoint of stage `previous` in `directory` (its latest step),
+    sharded onto `mesh`. Fails naming the mismatch if it is another stage's checkpoint."""
+    checkpoints = ckpt_lib.StageCheckpoints(directory)
+    step = checkpoints.latest_step()
+    if step is None:
+        raise FileNotFoundError(f"No checkpoint in {directory}: train stage {previous.name} "
+                                "first.")
+    saved = checkpoints.read_config(step).get("stage") or {}
+    checkpoints.close()
+    if saved.get("num_levels") != previous.config.num_levels:
+        raise ValueError(
+            f"{directory} holds a checkpoint of stage {saved.get('name')!r} with "
+            f"{saved.get('num_levels')} level(s); growing into this stage needs one with "
+            f"{previous.config.num_levels} (stage {previous.name}).")
+
     def make_boxed():
         p = _fresh_params(previous, text, seed)
         return {"params": p, "ema_params": p}
     target = state_lib.abstract_with_shardings(make_boxed, mesh, rules)
-    directory = os.path.join(workdir, "checkpoints", previous.directory_name)
-    restored, _ = ckpt_lib.restore_params(directory, target)
+    restored, _ = ckpt_lib.restore_params(directory, target, step)
     return restored["params"], restored["ema_params"]
+
+
+def grown_state(config, stages, stage, text, optimizer, mesh, rules, directory):
+    """The state of `stage` grown from the previous stage's checkpoint in `directory`."""
+    previous = stages[stage.index - 1]
+    old_params, old_ema = previous_params(directory, previous, text, mesh, rules, config.seed)
+    logging.info("Stage %s: grown from %s.", stage.name, directory)
+    return state_lib.create_sharded(_grown_state_fn(stage, text, optimizer, config.seed),
+                                    mesh, rules, old_params, old_ema)
 
 
 def initial_state(config, workdir, stages, stage, text, optimizer, checkpoints, mesh, rules,
@@ -122,11 +140,8 @@ def initial_state(config, workdir, stages, stage, text, optimizer, checkpoints, 
         logging.info("Stage %s: resumed from step %d.", stage.name, latest)
         return state, jax.tree_util.tree_map(lambda x: x.sharding, abstract)
     if stage.index > 0:
-        previous = stages[stage.index - 1]
-        old_params, old_ema = previous_params(workdir, previous, text, mesh, rules, config.seed)
-        logging.info("Stage %s: grown from stage %s.", stage.name, previous.name)
-        return state_lib.create_sharded(_grown_state_fn(stage, text, optimizer, config.seed),
-                                        mesh, rules, old_params, old_ema)
+        directory = os.path.join(workdir, "checkpoints", stages[stage.index - 1].name)
+        return grown_state(config, stages, stage, text, optimizer, mesh, rules, directory)
     return state_lib.create_sharded(make_boxed, mesh, rules)
 
 
@@ -167,6 +182,15 @@ def train(config, workdir):
     return last
 
 
+def stage_checkpoint_config(config, stage):
+    """The config saved with a stage's checkpoints: the whole config plus which stage."""
+    saved = config.copy_and_resolve_references()
+    saved.unlock()
+    saved.stage = ml_collections.ConfigDict(dict(
+        name=stage.name, num_levels=stage.config.num_levels, image_size=stage.image_size))
+    return saved
+
+
 def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
     st = stage.config
     optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate, st.warmup_steps)
@@ -176,7 +200,7 @@ def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
         stage_data_config(config, stage), global_batch_size=st.global_batch_size,
         seed=config.seed + stage.index)
     checkpoints = ckpt_lib.StageCheckpoints(
-        os.path.join(workdir, "checkpoints", stage.directory_name), keep=config.keep_checkpoints)
+        os.path.join(workdir, "checkpoints", stage.name), keep=config.keep_checkpoints)
     state, state_shardings = initial_state(config, workdir, stages, stage, text, optimizer,
                                            checkpoints, mesh, rules, data_iterator)
     start = int(jax.device_get(state.step))
@@ -184,10 +208,7 @@ def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
         checkpoints.close()
         return {}
 
-    stage_config = config.copy_and_resolve_references()
-    stage_config.unlock()
-    stage_config.stage = ml_collections.ConfigDict(dict(
-        name=stage.name, num_levels=st.num_levels, image_size=stage.image_size))
+    stage_config = stage_checkpoint_config(config, stage)
     step_fn = make_train_step(model, stage.diffusion, stage.scales, optimizer, lr_fn,
                               config.ema_decay, text_fn=text.text_fn())
     batch_spec = sharding.batch_sharding(mesh, 1).spec
