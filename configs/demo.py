@@ -13,12 +13,12 @@ from mdm_jax.train import defaults
 def get_config(arg=None):
     cfg = defaults.base_config()
     inner = model_config.level_config(
-        resolution_channels=[64, 128, 128], num_resnets_per_resolution=[1, 1, 1],
+        resolution_channels=[32, 64, 64], num_resnets_per_resolution=[1, 1, 1],
         attention_levels=[2], num_attention_layers=[0, 0, 1], temporal_dim=128,
-        num_groups_norm=16, micro_conditioning="")
+        num_groups_norm=8, micro_conditioning="")
     outer = model_config.level_config(
-        resolution_channels=[32, 64], num_resnets_per_resolution=[1, 1],
-        num_attention_layers=[0, 0], temporal_dim=128, num_groups_norm=16,
+        resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
+        num_attention_layers=[0, 0], temporal_dim=128, num_groups_norm=8,
         skip_mid_blocks=True, micro_conditioning="")
     outer.inner = inner
     cfg.model = model_config.model_config(outer, num_classes=len(shapes_render.CLASS_NAMES))
@@ -31,9 +31,9 @@ def get_config(arg=None):
     cfg.data.shapes.num_examples = 10_000
 
     cfg.diffusion.schedule_type = "cosine"
-    cfg.stages.res32 = defaults.stage(num_levels=1, steps=300, global_batch_size=32,
+    cfg.stages.res32 = defaults.stage(num_levels=1, steps=600, global_batch_size=16,
                                       learning_rate=1e-3, warmup_steps=50)
-    cfg.stages.res64 = defaults.stage(num_levels=2, steps=200, global_batch_size=32,
+    cfg.stages.res64 = defaults.stage(num_levels=2, steps=500, global_batch_size=16,
                                       learning_rate=5e-4, warmup_steps=50,
                                       multi_res_weights=(4.0, 1.0))
     cfg.ema_decay = 0.999
