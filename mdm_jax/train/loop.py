@@ -230,7 +230,12 @@ def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
                                                batch_spec)
         rng = jax.random.fold_in(base_key, stage.step_offset + step)
         state, metrics = jitted(state, batch, rng, text.frozen_params)
-        throughput.count(st.global_batch_size)
+        if step == start:
+            # Throughput counts from the end of the first step: compilation isn't training.
+            jax.block_until_ready(metrics)
+            throughput.reset()
+        else:
+            throughput.count(st.global_batch_size)
         done = step + 1
         if done % config.log_every == 0 or done == st.steps:
             scalars = {**jax.device_get(metrics), **throughput.report(), **counters.totals()}
