@@ -232,3 +232,12 @@ def test_grow_command_puts_the_old_stage_inside_the_new_one(tmp_path, data_dir, 
     with pytest.raises(ValueError, match=r"stage 'res64' with 2 level\(s\).*needs one with 1"):
         grow(config, "res64", os.path.join(uninterrupted, "checkpoints", "res64"),
              str(tmp_path / "again"))
+
+
+def test_resume_with_other_worker_count_names_the_fix(uninterrupted, data_dir):
+    result = subprocess.run(
+        train_command(uninterrupted, data_dir, "--config.stages.res64.steps=5",
+                      "--config.data.num_workers=1"),
+        cwd=ROOT, env=env_with_devices(2), capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0
+    assert "--config.data.num_workers=0" in result.stderr

@@ -129,12 +129,27 @@ def grown_state(config, stages, stage, text, optimizer, mesh, rules, directory):
                                     mesh, rules, old_params, old_ema)
 
 
+def check_data_position_fits(config, saved, checkpoints, step):
+    """The data iterator's saved position is per process and per worker: resuming with
+    other counts can't continue exactly, so it is refused with the fix in the message."""
+    saved_workers = saved["data"]["num_workers"]
+    saved_processes = (saved.get("stage") or {}).get("process_count", jax.process_count())
+    if saved_workers != config.data.num_workers or saved_processes != jax.process_count():
+        raise ValueError(
+            f"Checkpoint {checkpoints.directory}/{step} was saved by {saved_processes} "
+            f"process(es) with data.num_workers={saved_workers}; this run has "
+            f"{jax.process_count()} and {config.data.num_workers}. The data position can "
+            f"only resume exactly with the same counts: pass "
+            f"--config.data.num_workers={saved_workers} on {saved_processes} process(es).")
+
+
 def initial_state(config, workdir, stages, stage, text, optimizer, checkpoints, mesh, rules,
                   data_iterator):
     """Resume, grow or start fresh; returns (state, state shardings)."""
     make_boxed = _boxed_state_fn(stage, text, optimizer, config.seed)
     latest = checkpoints.latest_step()
     if latest is not None:
+        check_data_position_fits(config, checkpoints.read_config(latest), checkpoints, latest)
         abstract = state_lib.abstract_with_shardings(make_boxed, mesh, rules)
         state = checkpoints.restore(latest, abstract, data_iterator)
         logging.info("Stage %s: resumed from step %d.", stage.name, latest)
@@ -187,7 +202,8 @@ def stage_checkpoint_config(config, stage):
     saved = config.copy_and_resolve_references()
     saved.unlock()
     saved.stage = ml_collections.ConfigDict(dict(
-        name=stage.name, num_levels=stage.config.num_levels, image_size=stage.image_size))
+        name=stage.name, num_levels=stage.config.num_levels, image_size=stage.image_size,
+        process_count=jax.process_count()))
     return saved
 
 
