@@ -24,3 +24,18 @@ PARITY_DIR = os.path.join(os.path.dirname(__file__), "data", "parity")
 @pytest.fixture
 def parity_dir():
     return PARITY_DIR
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """The smoke config's shapes data, built by the first training run that needs it."""
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="session")
+def uninterrupted(tmp_path_factory, data_dir):
+    """A demo.py:smoke run of 6 + 3 steps, logging and checkpointing every step."""
+    from training_runs import run_to_end, train_command
+    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
+    run_to_end(train_command(workdir, data_dir))
+    return workdir

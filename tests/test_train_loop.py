@@ -1,85 +1,19 @@
-"""The training entrypoint end to end, in subprocesses: resume, preemption, two processes.
+"""The training entrypoint end to end, in subprocesses: resume, preemption, two processes,
+growth, text encoders.
 
 Every run uses configs/demo.py:smoke (a few steps per stage, both stages, growth between
-them) on 2 fake CPU devices (1 per process in the two-process run), logging and
-checkpointing every step. The runs share a persistent compilation cache, so a resumed run
-doesn't compile again what the first one did.
+them) on 2 fake CPU devices (the two-process test: 4 per process against 8 in one),
+logging and checkpointing every step (see training_runs.py).
 """
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
-import time
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = ["--config.stages.res32.steps=6", "--config.stages.res64.steps=3"]
-
-
-def train_command(workdir, data_dir, *extra):
-    return [sys.executable, "-m", "mdm_jax.train", "--config=configs/demo.py:smoke",
-            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-            "--config.log_every=1", "--config.checkpoint_every=1", *STEPS, *extra]
-
-
-COMPILE_CACHE = os.path.join(ROOT, ".pytest_cache", "jax_compile_cache")
-
-
-def env_with_devices(count):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (f"--xla_force_host_platform_device_count={count} "
-                        "--xla_backend_optimization_level=0")
-    env["JAX_COMPILATION_CACHE_DIR"] = COMPILE_CACHE
-    env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
-    return env
-
-
-def start(command, env=None, log=None):
-    return subprocess.Popen(command, cwd=ROOT, env=env or env_with_devices(2),
-                            stdout=log or subprocess.DEVNULL, stderr=subprocess.STDOUT)
-
-
-def losses(workdir):
-    """step -> loss from metrics.jsonl; a step logged twice (rerun after resume) keeps
-    its last value."""
-    out = {}
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        for line in f:
-            row = json.loads(line)
-            out[row["step"]] = row["loss"]
-    return out
-
-
-def wait_for_step(workdir, step, process, timeout=600):
-    path = os.path.join(workdir, "metrics.jsonl")
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        assert process.poll() is None, "training exited before reaching the step"
-        if os.path.exists(path) and max(losses(workdir), default=0) >= step:
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"step {step} not reached")
-
-
-def run_to_end(command, env=None, timeout=900):
-    result = subprocess.run(command, cwd=ROOT, env=env or env_with_devices(2),
-                            capture_output=True, text=True, timeout=timeout)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("data"))
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, data_dir):
-    workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    run_to_end(train_command(workdir, data_dir))
-    return workdir
+from training_runs import (ROOT, env_with_devices, free_port, losses, run_to_end, start,
+                           train_command, wait_for_step)
 
 
 def test_full_run_trains_both_stages_and_writes_samples(uninterrupted):
@@ -127,29 +61,25 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, data_dir):
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "res64"))
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
-    """Two jax.distributed processes with one CPU device each: the losses of one process
-    with two devices."""
-    workdir = str(tmp_path)
+def test_two_processes_train_like_one(tmp_path, data_dir):
+    """Two jax.distributed processes with 4 CPU devices each: the losses of one process
+    with 8 devices, step for step, through both stages and the growth between them."""
+    short = ["--config.stages.res32.steps=2", "--config.stages.res64.steps=2"]
+    one = str(tmp_path / "one")
+    run_to_end(train_command(one, data_dir, *short), env=env_with_devices(8))
+    two = str(tmp_path / "two")
     port = free_port()
     processes = [
-        start(train_command(workdir, data_dir, f"--coordinator_address=localhost:{port}",
+        start(train_command(two, data_dir, *short, f"--coordinator_address=localhost:{port}",
                             "--num_processes=2", f"--process_id={i}"),
-              env=env_with_devices(1))
+              env=env_with_devices(4))
         for i in range(2)]
     for p in processes:
         assert p.wait(timeout=900) == 0
-    two, one = losses(workdir), losses(uninterrupted)
-    assert sorted(two) == sorted(one)
-    for step in one:
-        assert two[step] == pytest.approx(one[step], rel=1e-5, abs=1e-6), step
-
+    one_losses, two_losses = losses(one), losses(two)
+    assert sorted(two_losses) == sorted(one_losses) == [1, 2, 3, 4]
+    for step in one_losses:
+        assert two_losses[step] == pytest.approx(one_losses[step], rel=1e-5, abs=1e-6), step
 
 SHORT = ["--config.stages.res32.steps=2", "--config.stages.res64.steps=1",
          "--config.checkpoint_every=10"]

@@ -5,6 +5,7 @@ from mdm_jax.diffusion.config import (
     level_batch_sizes,
     level_fractions,
 )
+from mdm_jax.diffusion.dpm_solver import dpm_solver_sample, solver_coefficients
 from mdm_jax.diffusion.loss import batch_loss, multires_loss, sample_loss_noise
 from mdm_jax.diffusion.process import (
     add_noise,

@@ -56,7 +56,24 @@ def base_config():
     cfg.keep_checkpoints = 3
     cfg.sample_every = 5000          # 0: only at the end of each stage
     cfg.sample = ml_collections.ConfigDict(dict(
-        num_images=8, steps=50, guidance_scale=1.0, ddim_eta=0.0, prompts=("",)))
+        num_images=8, sampler="ddim", steps=50, guidance_scale=1.0, ddim_eta=0.0,
+        prompts=("",)))
+    return cfg
+
+
+def accelerator_config(model, dataset, image_size):
+    """A large-model run on GPUs/TPUs: bf16 activations, cuDNN attention, FSDP over every
+    device, decoding in worker processes."""
+    from mdm_jax.data.config import get_data_config  # noqa: PLC0415 (tfds is slow to import)
+    cfg = base_config()
+    cfg.model = model
+    cfg.model.dtype = "bfloat16"
+    cfg.model.attention_impl = "cudnn"
+    cfg.data = get_data_config()
+    cfg.data.dataset = dataset
+    cfg.data.image_size = image_size
+    cfg.data.num_workers = 8
+    cfg.mesh.data, cfg.mesh.fsdp = 1, -1
     return cfg
 
 
@@ -66,15 +83,7 @@ def cc12m_config(model, image_size):
     Point text.t5.checkpoint_dir at a local Flan-T5-XL directory (or text.t5.preset for
     random weights) and data.manual_dir at the shards. Stages are set by each config.
     """
-    from mdm_jax.data.config import get_data_config  # noqa: PLC0415 (tfds is slow to import)
-    cfg = base_config()
-    cfg.model = model
-    cfg.model.dtype = "bfloat16"
-    cfg.model.attention_impl = "cudnn"
-    cfg.data = get_data_config()
-    cfg.data.dataset = "image_text"
-    cfg.data.image_size = image_size
-    cfg.data.num_workers = 8
+    cfg = accelerator_config(model, "image_text", image_size)
     cfg.text.kind = "t5"
     cfg.text.dtype = "bfloat16"
     cfg.text.t5.checkpoint_dir = "~/models/flan-t5-xl"
@@ -82,8 +91,6 @@ def cc12m_config(model, image_size):
     cfg.diffusion.schedule_type = "deepfloyd"
     cfg.diffusion.prediction_type = "v"
     cfg.diffusion.loss_target_type = "eps"
-    cfg.optimizer.grad_clip_norm = 2.0
-    cfg.mesh.data, cfg.mesh.fsdp = 1, -1
     cfg.sample.guidance_scale = 7.0
     cfg.sample.prompts = ("a red bicycle leaning against a brick wall",
                           "an oil painting of a lighthouse at dawn")
@@ -92,16 +99,7 @@ def cc12m_config(model, image_size):
 
 def imagenet_config(model, image_size):
     """Class-conditional ImageNet-1k (built with python -m mdm_jax.data.build)."""
-    from mdm_jax.data.config import get_data_config  # noqa: PLC0415
-    cfg = base_config()
-    cfg.model = model
-    cfg.model.dtype = "bfloat16"
-    cfg.model.attention_impl = "cudnn"
-    cfg.data = get_data_config()
-    cfg.data.dataset = "imagenet"
-    cfg.data.image_size = image_size
+    cfg = accelerator_config(model, "imagenet", image_size)
     cfg.data.random_flip = True
-    cfg.data.num_workers = 8
-    cfg.mesh.data, cfg.mesh.fsdp = 1, -1
     cfg.sample.guidance_scale = 4.0
     return cfg

@@ -287,13 +287,13 @@ def write_samples(config, workdir, stage, model, text, state, step):
         prompts = [prompts[i % len(prompts)] for i in range(n)]
         lm, mask = text.encode_prompts(state.ema_params, prompts)
         uncond = text.encode_prompts(state.ema_params, [""] * n)
-    sampler = samples.make_sampler(model, stage.diffusion, stage.scales, config.sample.steps,
-                                   eta=config.sample.ddim_eta,
-                                   guidance_scale=config.sample.guidance_scale)
     key = jax.random.fold_in(jax.random.key(config.seed), 10_000_000 + step)
     shape = (n, stage.image_size, stage.image_size, stage.model_config.input_channels)
-    x_init = diffusion.initial_noise(jax.random.fold_in(key, 1), shape, stage.scales)
-    levels = sampler(state.ema_params["unet"], key, x_init, labels, lm, mask, uncond)
+    sampler = samples.make_sampler(
+        model, stage.diffusion, stage.scales, shape, sampler=config.sample.sampler,
+        num_steps=config.sample.steps, eta=config.sample.ddim_eta,
+        guidance_scale=config.sample.guidance_scale)
+    levels = sampler(state.ema_params["unet"], key, labels, lm, mask, *uncond)
     levels = [multihost_utils.process_allgather(x, tiled=True) for x in levels]
     path = os.path.join(workdir, "samples", f"{stage.name}_step{step:07d}.png")
     samples.write_grid(path, levels)

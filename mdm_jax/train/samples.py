@@ -11,36 +11,50 @@ import numpy as np
 from PIL import Image
 
 from mdm_jax import diffusion
+from mdm_jax.train import sharding
 
 
-def make_sampler(model, diffusion_config, scales, num_steps, eta=None, guidance_scale=1.0):
-    """Returns a jitted fn(params, key, shape, labels, lm_outputs, lm_mask, uncond) -> levels.
+SAMPLERS = ("ddpm", "ddim", "dpm++")
 
-    Class labels get classifier-free guidance through the null label (-1); text through
-    `uncond` = (lm_outputs, lm_mask) of the empty prompt.
+
+def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, eta,
+                 guidance_scale, mesh=None):
+    """A jitted fn(params, key, labels, lm, mask, uncond_lm, uncond_mask) -> levels.
+
+    DDPM, DDIM (with eta) or DPM-Solver++(2M). The starting noise is drawn inside from
+    `key`; with a mesh it is laid out over the batch sharding, so no host array of the
+    batch's size is made. Class labels guide through the null label (-1), text through
+    the negative prompt's encoding.
     """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
     scales = tuple(scales)
+    batch = None if mesh is None else sharding.batch_sharding(mesh, 4)
 
-    def run(params, key, x_init, labels, lm_outputs, lm_mask, uncond):
-        def denoise(xs, t, lm, mask, micros):
+    def run(params, key, labels, lm, mask, uncond_lm, uncond_mask):
+        def denoise(xs, t, lm_, mask_, micros):
             kwargs = {}
             if labels is not None:
                 doubled = xs[0].shape[0] != labels.shape[0]
                 kwargs["class_labels"] = (jnp.concatenate([jnp.full_like(labels, -1), labels])
                                           if doubled else labels)
-            return model.apply({"params": params}, xs, t, lm, mask, micros, **kwargs)
+            return model.apply({"params": params}, xs, t, lm_, mask_, micros, **kwargs)
 
-        step_noise = diffusion.step_noise_from_key(key, x_init[0].shape, scales)
-        text_guided = guidance_scale != 1 and lm_outputs is not None
-        return diffusion.sample(
-            denoise, x_init, step_noise, config=diffusion_config, scales=scales,
-            num_steps=num_steps, lm_outputs=lm_outputs, lm_mask=lm_mask,
-            uncond_lm_outputs=uncond[0] if text_guided else None,
-            uncond_lm_mask=uncond[1] if text_guided else None,
-            guidance_scale=guidance_scale if (text_guided or labels is not None) else 1.0,
-            eta=eta)
+        x_init = diffusion.initial_noise(jax.random.fold_in(key, 1), shape, scales)
+        if batch is not None:
+            x_init = [jax.lax.with_sharding_constraint(x, batch) for x in x_init]
+        common = dict(config=diffusion_config, scales=scales, num_steps=num_steps,
+                      lm_outputs=lm, lm_mask=mask, uncond_lm_outputs=uncond_lm,
+                      uncond_lm_mask=uncond_mask, guidance_scale=guidance_scale)
+        if sampler == "dpm++":
+            return diffusion.dpm_solver_sample(denoise, x_init, **common)
+        step_noise = diffusion.step_noise_from_key(key, shape, scales)
+        return diffusion.sample(denoise, x_init, step_noise,
+                                eta=None if sampler == "ddpm" else eta, **common)
 
-    return jax.jit(run)
+    if batch is None:
+        return jax.jit(run)
+    return jax.jit(run, out_shardings=[batch] * len(scales))
 
 
 def level_grid(levels):

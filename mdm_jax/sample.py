@@ -1,0 +1,61 @@
+"""Samples a trained run: python -m mdm_jax.sample --config=CONFIG.py[:ARG] --workdir=RUN.
+
+    python -m mdm_jax.sample --config=configs/demo.py --workdir=workdir/demo \
+        --labels=0,1,2,3 --sampler=dpm++ --num_steps=25 --output=workdir/demo/generated
+
+Uses the EMA params of the stage's latest checkpoint (default: the config's last stage
+that has one); pass the --config.* overrides of training that change the model. Writes
+OUTPUT/NNNNN.png (the highest level) and OUTPUT/grid.png (every level, a row per sample).
+The batch is split over this process's devices (one host).
+"""
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from mdm_jax import sampling_cli
+from mdm_jax.diffusion.config import THRESHOLDS
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("workdir", None, "The training run's workdir.")
+flags.DEFINE_string("stage", None, "Stage to sample (default: the last with checkpoints).")
+flags.DEFINE_string("prompt", None, "One text prompt.")
+flags.DEFINE_string("prompts", None, "A file of text prompts, one a line.")
+flags.DEFINE_list("labels", None, "Class labels, e.g. 0,1,2.")
+flags.DEFINE_integer("num_samples", None, "Samples to draw (default: one per prompt or "
+                     "label, which are cycled when more are asked for).")
+flags.DEFINE_integer("num_steps", 50, "Sampler steps.")
+flags.DEFINE_enum("sampler", "ddpm", sampling_cli.SAMPLERS, "The sampler.")
+flags.DEFINE_float("eta", 0.0, "DDIM's eta (0: deterministic).")
+flags.DEFINE_float("guidance", None, "Classifier-free guidance scale (default: the "
+                   "config's sample.guidance_scale; 1: none).")
+flags.DEFINE_string("negative_prompt", "", "The unconditional text of guidance.")
+flags.DEFINE_enum("threshold", None, THRESHOLDS, "x0 thresholding (default: the config's).")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+flags.DEFINE_integer("batch_size", 8, "Samples per batch (a multiple of the devices).")
+flags.DEFINE_string("output", None, "Where the PNGs go.")
+flags.mark_flags_as_required(["config", "workdir", "output"])
+FLAGS = flags.FLAGS
+
+
+def read_prompts():
+    if FLAGS.prompt is not None and FLAGS.prompts is not None:
+        raise ValueError("Pass --prompt or --prompts, not both.")
+    if FLAGS.prompts is not None:
+        with open(FLAGS.prompts) as f:
+            return tuple(line.strip() for line in f if line.strip())
+    return () if FLAGS.prompt is None else (FLAGS.prompt,)
+
+
+def main(argv):
+    del argv
+    options = sampling_cli.Options(
+        stage=FLAGS.stage, prompts=read_prompts(),
+        labels=tuple(int(x) for x in FLAGS.labels or ()), num_samples=FLAGS.num_samples,
+        num_steps=FLAGS.num_steps, sampler=FLAGS.sampler, eta=FLAGS.eta,
+        guidance=FLAGS.guidance, negative_prompt=FLAGS.negative_prompt,
+        threshold=FLAGS.threshold, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
+    paths = sampling_cli.generate(FLAGS.config, FLAGS.workdir, FLAGS.output, options)
+    logging.info("Wrote %d samples to %s", len(paths), FLAGS.output)
+
+
+if __name__ == "__main__":
+    app.run(main)

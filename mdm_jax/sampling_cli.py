@@ -1,0 +1,189 @@
+"""Sampling a trained run: the pieces of `python -m mdm_jax.sample`, callable from tests.
+
+Loads a stage's EMA params onto the config's mesh, encodes the conditioning as training's
+sample grids do, and runs DDPM, DDIM or DPM-Solver++(2M) as one jitted program per batch
+shape, the batch split over every device. Batches have a fixed size (the last is padded
+and trimmed), so one compile serves all of them.
+"""
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import tqdm
+from jax.experimental import multihost_utils
+from PIL import Image
+
+from mdm_jax.models import build_model
+from mdm_jax.train import checkpoint as ckpt_lib
+from mdm_jax.train import loop, samples, sharding, state as state_lib
+from mdm_jax.train.text_conditioning import TextConditioning, resolve
+
+SAMPLERS = samples.SAMPLERS
+
+
+def latest_step(directory):
+    """The stage directory's newest complete checkpoint, or None. Read-only: a training
+    run still writing there keeps its in-progress saves."""
+    if not os.path.isdir(directory):
+        return None
+    manager = ocp.CheckpointManager(directory,
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    manager.close()
+    return step
+
+
+def choose_stage(config, workdir, name=None):
+    """(stage, checkpoint directory, step): the named stage, else the config's last stage
+    that has checkpoints in workdir."""
+    stages = loop.plan_stages(config)
+    if name is not None:
+        by_name = {s.name: s for s in stages}
+        if name not in by_name:
+            raise ValueError(f"--stage={name!r} is not in config.stages ({sorted(by_name)}).")
+        stages = [by_name[name]]
+    for stage in reversed(stages):
+        directory = os.path.join(os.path.abspath(workdir), "checkpoints", stage.name)
+        step = latest_step(directory)
+        if step is not None:
+            return stage, directory, step
+    raise FileNotFoundError(
+        f"No checkpoint of stage(s) {[s.name for s in stages]} under {workdir}/checkpoints: "
+        "point --workdir at a training run (or train it first).")
+
+
+def check_saved_config(config, directory, step):
+    """Refuses a checkpoint trained with another model or diffusion process, naming the
+    keys: the params would not fit, or would be sampled with the wrong schedule."""
+    with open(os.path.join(directory, str(step), ckpt_lib.CONFIG, "metadata")) as f:
+        saved = json.load(f)
+    for section in ("model", "diffusion"):
+        ours = json.loads(config[section].to_json_best_effort())
+        theirs = saved.get(section, {})
+        differ = sorted(k for k in set(ours) | set(theirs)
+                        if k != "threshold" and ours.get(k) != theirs.get(k))
+        if differ:
+            raise ValueError(
+                f"{directory}/{step} was trained with other {section} settings ({differ}): "
+                f"pass the --config.{section}.* overrides the training run used.")
+
+
+def load_ema_params(config, stage, directory, step, text, mesh, rules):
+    """The stage's EMA params ({'unet', and a trainable text encoder}) sharded on mesh."""
+    target = state_lib.abstract_with_shardings(
+        lambda: {"ema_params": loop._fresh_params(stage, text, config.seed)}, mesh, rules)
+    restored, _ = ckpt_lib.restore_params(directory, target, step)
+    return restored["ema_params"]
+
+
+def conditioning_list(model_config, text_kind, prompts, labels):
+    """The per-sample conditioning list (prompts or labels), checked against the model."""
+    if text_kind != "none":
+        if labels or not prompts:
+            raise ValueError("This model is text-conditioned: pass --prompt or --prompts.")
+        return list(prompts)
+    if model_config.num_classes > 0:
+        if prompts or not labels:
+            raise ValueError("This model is class-conditional: pass --labels=0,1,...")
+        bad = [c for c in labels if not 0 <= c < model_config.num_classes]
+        if bad:
+            raise ValueError(f"Labels {bad} are outside [0, {model_config.num_classes}).")
+        return list(labels)
+    if prompts or labels:
+        raise ValueError("This model is unconditional: drop --prompt(s)/--labels and give "
+                         "--num_samples.")
+    return []
+
+
+@dataclasses.dataclass
+class Options:
+    stage: str = None
+    prompts: tuple = ()
+    labels: tuple = ()
+    num_samples: int = None       # default: one per prompt or label (cycled if more)
+    num_steps: int = 50
+    sampler: str = "ddpm"
+    eta: float = 0.0              # DDIM only
+    guidance: float = None        # default: config.sample.guidance_scale
+    negative_prompt: str = ""
+    threshold: str = None         # default: the config's diffusion.threshold
+    seed: int = 0
+    batch_size: int = 8
+
+
+def generate(config, workdir, output, options):
+    """Samples and writes output/NNNNN.png (highest level) and output/grid.png (every
+    level side by side, a row per sample); returns the PNG paths of the samples."""
+    o = options
+    if o.eta and o.sampler != "ddim":
+        raise ValueError(f"--eta applies to --sampler=ddim only (got --sampler={o.sampler}).")
+    resolve(config)
+    stage, directory, step = choose_stage(config, workdir, o.stage)
+    check_saved_config(config, directory, step)
+    conditions = conditioning_list(stage.model_config, config.text.kind, o.prompts, o.labels)
+    n = o.num_samples or len(conditions)
+    if n < 1:
+        raise ValueError("Nothing to sample: give --num_samples for an unconditional model.")
+    if conditions:
+        conditions = [conditions[i % len(conditions)] for i in range(n)]
+    guidance = config.sample.guidance_scale if o.guidance is None else o.guidance
+    if guidance != 1 and not conditions:
+        raise ValueError("Guidance needs a conditional model: pass --guidance=1.")
+
+    mesh = sharding.make_mesh(config.mesh)
+    rules = tuple(tuple(r) for r in config.sharding_rules)
+    split = mesh.shape["data"] * mesh.shape["fsdp"]
+    if o.batch_size % split:
+        raise ValueError(f"--batch_size={o.batch_size} must be a multiple of the {split} "
+                         "devices the batch is split over.")
+    text = TextConditioning.create(config, mesh, rules)
+    params = load_ema_params(config, stage, directory, step, text, mesh, rules)
+    diffusion_config = stage.diffusion if o.threshold is None else dataclasses.replace(
+        stage.diffusion, threshold=o.threshold)
+    shape = (o.batch_size, stage.image_size, stage.image_size,
+             stage.model_config.input_channels)
+    run = samples.make_sampler(build_model(stage.model_config), diffusion_config, stage.scales,
+                       shape, sampler=o.sampler, num_steps=o.num_steps, eta=o.eta,
+                       guidance_scale=guidance, mesh=mesh)
+    batch_sharding = sharding.batch_sharding(mesh, 1)
+
+    def put(x):
+        return None if x is None else jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
+
+    key = jax.random.key(o.seed)
+    levels = []
+    for start in tqdm.trange(0, n, o.batch_size, desc="sampling", unit="batch",
+                             disable=jax.process_index() != 0):
+        # The last batch repeats its final entry up to the fixed size; the extra rows go.
+        chunk = conditions[start:start + o.batch_size]
+        chunk = chunk + chunk[-1:] * (o.batch_size - len(chunk))
+        labels = lm = mask = uncond_lm = uncond_mask = None
+        if config.text.kind != "none":
+            lm, mask = text.encode_prompts(params, chunk)
+            if guidance != 1:
+                uncond_lm, uncond_mask = text.encode_prompts(
+                    params, [o.negative_prompt] * len(chunk))
+        elif chunk:
+            labels = jax.device_put(np.asarray(chunk, np.int32), batch_sharding)
+        out = run(params["unet"], jax.random.fold_in(key, start // o.batch_size), labels,
+                  put(lm), put(mask), put(uncond_lm), put(uncond_mask))
+        keep = min(o.batch_size, n - start)
+        levels.append([np.asarray(multihost_utils.process_allgather(x, tiled=True))[:keep]
+                       for x in out])
+    levels = [np.concatenate(level) for level in zip(*levels)]
+    return write_images(output, levels)
+
+
+def write_images(output, levels):
+    """One PNG per sample of the highest level, and the grid of every level."""
+    paths = [os.path.join(output, f"{i:05d}.png") for i in range(levels[0].shape[0])]
+    if jax.process_index() == 0:
+        os.makedirs(output, exist_ok=True)
+        top = np.round((np.clip(levels[0], -1, 1) + 1) * 127.5).astype(np.uint8)
+        for path, image in zip(paths, top):
+            Image.fromarray(image.squeeze(-1) if image.shape[-1] == 1 else image).save(path)
+    samples.write_grid(os.path.join(output, "grid.png"), levels)
+    return paths
