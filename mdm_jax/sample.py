@@ -1,10 +1,12 @@
-"""Samples a trained run: python -m mdm_jax.sample --config=CONFIG.py[:ARG] --workdir=RUN.
+"""Samples a trained or converted model: python -m mdm_jax.sample --checkpoint=RUN.
 
-    python -m mdm_jax.sample --config=configs/demo.py --workdir=workdir/demo \
-        --labels=0,1,2,3 --sampler=dpm++ --num_steps=25 --output=workdir/demo/generated
+    python -m mdm_jax.sample --checkpoint=workdir/demo --labels=0,1,2,3 \
+        --sampler=dpm++ --num_steps=25 --output=workdir/demo/generated
 
-Uses the EMA params of the stage's latest checkpoint (default: the config's last stage
-that has one); pass the --config.* overrides of training that change the model. Writes
+RUN is a training run's workdir or a `python -m mdm_jax.convert` output. Uses the EMA
+params of the stage's latest checkpoint (default: the last stage that has one) and the
+config saved with it; --config=CONFIG.py (or configs/from_checkpoint.py:RUN) with
+--config.* overrides replaces it, e.g. to sample in bf16 with cuDNN attention. Writes
 OUTPUT/NNNNN.png (the highest level) and OUTPUT/grid.png (every level, a row per sample).
 The batch is split over this process's devices (one host).
 """
@@ -13,9 +15,12 @@ from ml_collections import config_flags
 
 from mdm_jax import sampling_cli
 from mdm_jax.diffusion.config import THRESHOLDS
+from mdm_jax.train import checkpoint as ckpt_lib
 
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "The training run's workdir.")
+config_flags.DEFINE_config_file("config", None, "Experiment config file (default: the "
+                                "config saved with the checkpoint).", lock_config=True)
+flags.DEFINE_string("checkpoint", None, "A training run's workdir or a converted model "
+                    "(a folder holding checkpoints/<stage>/<step>).")
 flags.DEFINE_string("stage", None, "Stage to sample (default: the last with checkpoints).")
 flags.DEFINE_string("prompt", None, "One text prompt.")
 flags.DEFINE_string("prompts", None, "A file of text prompts, one a line.")
@@ -32,7 +37,7 @@ flags.DEFINE_enum("threshold", None, THRESHOLDS, "x0 thresholding (default: the 
 flags.DEFINE_integer("seed", 0, "Random seed.")
 flags.DEFINE_integer("batch_size", 8, "Samples per batch (a multiple of the devices).")
 flags.DEFINE_string("output", None, "Where the PNGs go.")
-flags.mark_flags_as_required(["config", "workdir", "output"])
+flags.mark_flags_as_required(["checkpoint", "output"])
 FLAGS = flags.FLAGS
 
 
@@ -53,7 +58,8 @@ def main(argv):
         num_steps=FLAGS.num_steps, sampler=FLAGS.sampler, eta=FLAGS.eta,
         guidance=FLAGS.guidance, negative_prompt=FLAGS.negative_prompt,
         threshold=FLAGS.threshold, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
-    paths = sampling_cli.generate(FLAGS.config, FLAGS.workdir, FLAGS.output, options)
+    config = FLAGS.config or ckpt_lib.saved_run_config(FLAGS.checkpoint, FLAGS.stage)
+    paths = sampling_cli.generate(config, FLAGS.checkpoint, FLAGS.output, options)
     logging.info("Wrote %d samples to %s", len(paths), FLAGS.output)
 
 

@@ -11,7 +11,6 @@ import os
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import tqdm
 from jax.experimental import multihost_utils
 from PIL import Image
@@ -24,21 +23,9 @@ from mdm_jax.train.text_conditioning import TextConditioning, resolve
 SAMPLERS = samples.SAMPLERS
 
 
-def latest_step(directory):
-    """The stage directory's newest complete checkpoint, or None. Read-only: a training
-    run still writing there keeps its in-progress saves."""
-    if not os.path.isdir(directory):
-        return None
-    manager = ocp.CheckpointManager(directory,
-                                    options=ocp.CheckpointManagerOptions(read_only=True))
-    step = manager.latest_step()
-    manager.close()
-    return step
-
-
-def choose_stage(config, workdir, name=None):
+def choose_stage(config, run_dir, name=None):
     """(stage, checkpoint directory, step): the named stage, else the config's last stage
-    that has checkpoints in workdir."""
+    that has checkpoints in run_dir."""
     stages = loop.plan_stages(config)
     if name is not None:
         by_name = {s.name: s for s in stages}
@@ -46,25 +33,30 @@ def choose_stage(config, workdir, name=None):
             raise ValueError(f"--stage={name!r} is not in config.stages ({sorted(by_name)}).")
         stages = [by_name[name]]
     for stage in reversed(stages):
-        directory = os.path.join(os.path.abspath(workdir), "checkpoints", stage.name)
-        step = latest_step(directory)
+        directory = os.path.join(os.path.abspath(run_dir), "checkpoints", stage.name)
+        step = ckpt_lib.latest_step(directory)
         if step is not None:
             return stage, directory, step
     raise FileNotFoundError(
-        f"No checkpoint of stage(s) {[s.name for s in stages]} under {workdir}/checkpoints: "
-        "point --workdir at a training run (or train it first).")
+        f"No checkpoint of stage(s) {[s.name for s in stages]} under {run_dir}/checkpoints: "
+        "point --checkpoint at a training run's workdir or a converted model.")
+
+
+# Settings that change how the function is computed, not which: free to differ from
+# training's (e.g. bf16 and cuDNN attention on a GPU for a model trained elsewhere).
+EXECUTION_SETTINGS = {"model": ("dtype", "attention_impl"), "diffusion": ("threshold",)}
 
 
 def check_saved_config(config, directory, step):
     """Refuses a checkpoint trained with another model or diffusion process, naming the
     keys: the params would not fit, or would be sampled with the wrong schedule."""
-    with open(os.path.join(directory, str(step), ckpt_lib.CONFIG, "metadata")) as f:
-        saved = json.load(f)
+    saved = ckpt_lib.read_config(directory, step)
     for section in ("model", "diffusion"):
         ours = json.loads(config[section].to_json_best_effort())
         theirs = saved.get(section, {})
         differ = sorted(k for k in set(ours) | set(theirs)
-                        if k != "threshold" and ours.get(k) != theirs.get(k))
+                        if k not in EXECUTION_SETTINGS[section]
+                        and ours.get(k) != theirs.get(k))
         if differ:
             raise ValueError(
                 f"{directory}/{step} was trained with other {section} settings ({differ}): "
@@ -114,14 +106,14 @@ class Options:
     batch_size: int = 8
 
 
-def generate(config, workdir, output, options):
+def generate(config, run_dir, output, options):
     """Samples and writes output/NNNNN.png (highest level) and output/grid.png (every
     level side by side, a row per sample); returns the PNG paths of the samples."""
     o = options
     if o.eta and o.sampler != "ddim":
         raise ValueError(f"--eta applies to --sampler=ddim only (got --sampler={o.sampler}).")
     resolve(config)
-    stage, directory, step = choose_stage(config, workdir, o.stage)
+    stage, directory, step = choose_stage(config, run_dir, o.stage)
     check_saved_config(config, directory, step)
     conditions = conditioning_list(stage.model_config, config.text.kind, o.prompts, o.labels)
     n = o.num_samples or len(conditions)

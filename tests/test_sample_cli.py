@@ -19,9 +19,9 @@ def workdir(uninterrupted):
 
 
 def sample_command(workdir, output, *extra):
-    return [sys.executable, "-m", "mdm_jax.sample", "--config=configs/demo.py:smoke",
-            f"--workdir={workdir}", f"--output={output}", "--num_steps=3", "--batch_size=2",
-            *extra]
+    """Sampling with the config saved in the run's checkpoints (no --config)."""
+    return [sys.executable, "-m", "mdm_jax.sample", f"--checkpoint={workdir}",
+            f"--output={output}", "--num_steps=3", "--batch_size=2", *extra]
 
 
 def images(output):
@@ -51,6 +51,30 @@ def test_the_seed_decides_the_images(workdir, tmp_path):
     assert all(np.any(a != c) for a, c in zip(runs["a"], runs["c"]))
 
 
+def test_the_device_count_does_not_change_the_images(workdir, tmp_path):
+    """The noise is drawn inside the program from the seed whatever the batch's layout,
+    so one device and a batch split over four give the same images."""
+    runs = []
+    for devices in (1, 4):
+        output = str(tmp_path / str(devices))
+        run_to_end(sample_command(workdir, output, LABELS, "--sampler=dpm++", "--batch_size=4",
+                                  "--num_samples=4", "--guidance=2"),
+                   env=env_with_devices(devices))
+        runs.append([np.asarray(Image.open(os.path.join(output, f"{i:05d}.png")), np.int16)
+                     for i in range(4)])
+    for one, four in zip(*runs):
+        np.testing.assert_array_equal(one, four)
+
+
+def test_a_config_file_with_overrides_replaces_the_saved_one(workdir, tmp_path):
+    # configs/from_checkpoint.py reads the saved config; execution settings may change.
+    output = str(tmp_path / "bf16")
+    run_to_end(sample_command(workdir, output, LABELS,
+                              f"--config=configs/from_checkpoint.py:{workdir}",
+                              "--config.model.dtype=bfloat16"))
+    assert images(output)[0].shape == (64, 64, 3)
+
+
 def test_an_earlier_stage_and_wrong_inputs_name_the_fix(workdir, tmp_path):
     output = str(tmp_path / "res32")
     run_to_end(sample_command(workdir, output, LABELS, "--stage=res32", "--sampler=ddim"))
@@ -59,7 +83,8 @@ def test_an_earlier_stage_and_wrong_inputs_name_the_fix(workdir, tmp_path):
             (["--prompt=a red circle"], "class-conditional: pass --labels"),
             (["--labels=0,99"], "outside"),
             ([LABELS, "--batch_size=3"], "multiple of the 2 devices"),
-            ([LABELS, "--config.model.num_classes=3"], "pass the --config.model")):
+            ([LABELS, "--config=configs/demo.py:smoke", "--config.model.num_classes=3"],
+             "pass the --config.model")):
         result = subprocess.run(sample_command(workdir, str(tmp_path / "x"), *extra), cwd=ROOT,
                                 env=env_with_devices(2), capture_output=True, text=True,
                                 timeout=600)

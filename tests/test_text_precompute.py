@@ -15,6 +15,7 @@ import pytest
 from mdm_jax.data import tokenizer as tokenizer_lib
 from mdm_jax.models import text
 from mdm_jax.models.text import embeddings, precompute
+from tiny_t5 import write_tiny_t5
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 transformers = pytest.importorskip("transformers")
@@ -34,15 +35,7 @@ CAPTIONS = [
 @pytest.fixture(scope="module")
 def checkpoint_dir(tmp_path_factory):
     """A tiny random T5 with a sentencepiece model trained on the captions."""
-    directory = str(tmp_path_factory.mktemp("t5") / "ckpt")
-    torch.manual_seed(0)
-    model = transformers.T5EncoderModel(transformers.T5Config(
-        vocab_size=104, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
-        feed_forward_proj="gated-gelu"))
-    model.save_pretrained(directory)
-    tokenizer_lib.train([c for c in CAPTIONS if c] * 4, os.path.join(directory, "spiece.model"),
-                        vocab_size=60)
-    return directory
+    return write_tiny_t5(str(tmp_path_factory.mktemp("t5") / "ckpt"), CAPTIONS)
 
 
 def t5_config(checkpoint_dir):

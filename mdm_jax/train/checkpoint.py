@@ -10,6 +10,7 @@ import os
 
 import grain
 import jax
+import ml_collections
 import orbax.checkpoint as ocp
 
 STATE, DATA, CONFIG = "state", "data", "config"
@@ -48,18 +49,58 @@ class StageCheckpoints:
         return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
 
     def read_config(self, step):
-        path = os.path.join(self.directory, str(step), CONFIG, "metadata")
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"Checkpoint {self.directory}/{step} has no config item "
-                                    f"({path}); it was not written by mdm-jax training.")
-        with open(path) as f:
-            return json.load(f)
+        return read_config(self.directory, step)
 
     def wait(self):
         self.manager.wait_until_finished()
 
     def close(self):
         self.manager.close()
+
+
+def read_config(directory, step):
+    """The config (a dict) saved with checkpoint `step` of a stage directory."""
+    path = os.path.join(directory, str(step), CONFIG, "metadata")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Checkpoint {directory}/{step} has no config item "
+                                f"({path}); it was not written by mdm-jax.")
+    with open(path) as f:
+        return json.load(f)
+
+
+def latest_step(directory):
+    """The stage directory's newest complete checkpoint, or None. Read-only: a training
+    run still writing there keeps its in-progress saves."""
+    if not os.path.isdir(directory):
+        return None
+    manager = ocp.CheckpointManager(directory,
+                                    options=ocp.CheckpointManagerOptions(read_only=True))
+    step = manager.latest_step()
+    manager.close()
+    return step
+
+
+def saved_run_config(run_dir, stage=None):
+    """The config a run was trained (or converted) with, from its checkpoints.
+
+    run_dir holds checkpoints/<stage>/<step>; the config of the named stage's latest
+    checkpoint, else of the stage with the most levels that has one. The training run's
+    overrides are all in it; the stage record it was saved with is dropped.
+    """
+    root = os.path.join(os.path.abspath(os.path.expanduser(run_dir)), "checkpoints")
+    names = [stage] if stage else (sorted(os.listdir(root)) if os.path.isdir(root) else [])
+    found = []
+    for name in names:
+        step = latest_step(os.path.join(root, name))
+        if step is not None:
+            found.append(read_config(os.path.join(root, name), step))
+    if not found:
+        raise FileNotFoundError(
+            f"No checkpoint{' of stage ' + stage if stage else ''} under {root}: point at a "
+            "training run's workdir or a `python -m mdm_jax.convert` output.")
+    saved = max(found, key=lambda c: (c.get("stage") or {}).get("num_levels", 0))
+    saved.pop("stage", None)
+    return ml_collections.ConfigDict(saved)
 
 
 def check_architecture(saved_config, abstract_state, directory, step):
