@@ -39,3 +39,11 @@ def uninterrupted(tmp_path_factory, data_dir):
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
     run_to_end(train_command(workdir, data_dir))
     return workdir
+
+
+@pytest.fixture(scope="session")
+def reference_model(tmp_path_factory):
+    """Reference-format files of a small nested text model (tests/reference_model.py)."""
+    pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
+    from reference_model import write_reference_model
+    return write_reference_model(tmp_path_factory.mktemp("reference"))

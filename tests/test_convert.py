@@ -7,74 +7,24 @@ import sys
 import jax
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
-from safetensors.numpy import save_file
 
-import parity_utils
 from mdm_jax import sampling_cli
 from mdm_jax.convert import from_reference, release
 from mdm_jax.convert.reference_files import read_state_dict
 from mdm_jax.train import checkpoint as ckpt_lib
 from mdm_jax.train import loop, sharding
 from mdm_jax.train.text_conditioning import TextConditioning, resolve
-from tiny_t5 import write_tiny_t5
+from reference_model import CAPTIONS
 from training_runs import run_to_end
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 
-CAPTIONS = ["a red circle", "two blue squares", "a green triangle on stripes"]
-
-
-class ReferenceArgs:
-    """Stands for the reference's own objects that its EMA files pickle beside the
-    weights; reading must not need (or run) their code."""
-
-    def __init__(self):
-        self.lr = 5e-5
-
-
-def reference_yaml(unet_config):
-    """A model yaml laid out as the released ones: shared settings at the top level,
-    the sampler settings again under diffusion_config."""
-    return dict(
-        name="tiny_nested", sample_image_size=64, num_diffusion_steps=1000,
-        prediction_type="V_PREDICTION", loss_target_type="DDPM", schedule_type="DEEPFLOYD",
-        use_double_loss=True, no_use_residual=True, schedule_shifted=True,
-        mixed_ratio="2:1", lr=5e-5, warmup_steps=10, num_training_steps=1000,
-        text_model="google/flan-t5-xl", unet_config=unet_config,
-        diffusion_config=dict(
-            sampler_config=dict(num_diffusion_steps=1000, schedule_type="DEEPFLOYD",
-                                prediction_type="V_PREDICTION", loss_target_type="DDPM",
-                                beta_start=0.0001, beta_end=0.02, threshold_function="CLIP",
-                                rescale_schedule=1.0, schedule_shifted=True),
-            model_output_scale=0.0, use_vdm_loss_weights=False, no_use_residual=True),
-        reader_config=dict(image_size=64, max_token_length=12))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("reference")
-    f = parity_utils.load("nested_unet_forward")   # 64² around 16², text width 16
-    unet_config = parity_utils.read_json(f, "config_json")
-    rng = np.random.default_rng(0)
-    state_dict = {k: (0.1 * rng.standard_normal(v.shape)).astype(np.float32)
-                  for k, v in parity_utils.state_dict(f).items()}
-    with open(directory / "model.yaml", "w") as out:
-        yaml.safe_dump(reference_yaml(unet_config), out)
-    torch.save({"state_dict": {k: torch.from_numpy(v) for k, v in state_dict.items()},
-                "args": ReferenceArgs()}, directory / "vis_model.pth")
-    save_file(state_dict, str(directory / "vis_model.safetensors"))
-    np.savez(directory / "vis_model.npz", **state_dict)
-    write_tiny_t5(str(directory / "t5"), CAPTIONS, d_model=16)
-    return dict(dir=directory, unet_config=unet_config, state_dict=state_dict)
-
-
 @pytest.mark.parametrize("name", ["vis_model.pth", "vis_model.safetensors", "vis_model.npz"])
-def test_every_format_reads_the_same_state_dict(reference, name):
-    read = read_state_dict(str(reference["dir"] / name))
-    assert sorted(read) == sorted(reference["state_dict"])
-    for key, value in reference["state_dict"].items():
+def test_every_format_reads_the_same_state_dict(reference_model, name):
+    read = read_state_dict(str(reference_model["dir"] / name))
+    assert sorted(read) == sorted(reference_model["state_dict"])
+    for key, value in reference_model["state_dict"].items():
         np.testing.assert_array_equal(read[key], value)
 
 
@@ -99,15 +49,16 @@ def converted_ema(run_dir):
     return config, sampling_cli.load_ema_params(config, stage, directory, 0, text, mesh, rules)
 
 
-def test_convert_command_then_sample_command(reference, tmp_path):
-    run_dir = str(tmp_path / "run")
+def test_convert_command_then_sample_command(reference_model, tmp_path):
+    run_dir, files = str(tmp_path / "run"), reference_model["dir"]
     run_to_end([sys.executable, "-m", "mdm_jax.convert",
-                f"--reference_config={reference['dir'] / 'model.yaml'}",
-                f"--checkpoint={reference['dir'] / 'vis_model.pth'}", f"--output={run_dir}",
-                f"--text_encoder_dir={reference['dir'] / 't5'}"])
+                f"--reference_config={files / 'model.yaml'}",
+                f"--checkpoint={files / 'vis_model.pth'}", f"--output={run_dir}",
+                f"--text_encoder_dir={files / 't5'}"])
 
     config, ema = converted_ema(run_dir)
-    _, expected = from_reference(reference["unet_config"], reference["state_dict"])
+    _, expected = from_reference(reference_model["unet_config"],
+                                 reference_model["state_dict"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, ema["unet"], expected)
     # The yaml's diffusion settings and text length, the stage's mixed batches.
     assert (config.diffusion.prediction_type, config.diffusion.loss_target_type,
@@ -132,20 +83,20 @@ def write_prompts(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["vis_model.safetensors", "vis_model.npz"])
-def test_numpy_formats_convert_to_the_same_params(reference, tmp_path, name):
-    run_dir = str(tmp_path / "run")
-    release.convert(str(reference["dir"] / "model.yaml"), str(reference["dir"] / name),
-                    run_dir, str(reference["dir"] / "t5"))
+def test_numpy_formats_convert_to_the_same_params(reference_model, tmp_path, name):
+    run_dir, files = str(tmp_path / "run"), reference_model["dir"]
+    release.convert(str(files / "model.yaml"), str(files / name), run_dir, str(files / "t5"))
     _, ema = converted_ema(run_dir)
-    _, expected = from_reference(reference["unet_config"], reference["state_dict"])
+    _, expected = from_reference(reference_model["unet_config"],
+                                 reference_model["state_dict"])
     jax.tree_util.tree_map(np.testing.assert_array_equal, ema["unet"], expected)
 
 
-def test_bad_inputs_name_the_fix(reference, tmp_path):
-    yaml_path, t5 = str(reference["dir"] / "model.yaml"), str(reference["dir"] / "t5")
-    npz = str(reference["dir"] / "vis_model.npz")
+def test_bad_inputs_name_the_fix(reference_model, tmp_path):
+    files = reference_model["dir"]
+    yaml_path, t5, npz = (str(files / name) for name in ("model.yaml", "t5", "vis_model.npz"))
     truncated = tmp_path / "cut.pth"
-    truncated.write_bytes((reference["dir"] / "vis_model.pth").read_bytes()[:5000])
+    truncated.write_bytes((files / "vis_model.pth").read_bytes()[:5000])
     (tmp_path / "w.ckpt").write_bytes(b"")
     not_a_model = tmp_path / "other.yaml"
     not_a_model.write_text("name: x\n")
