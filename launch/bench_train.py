@@ -8,12 +8,13 @@ numbers are the model's), with the config's text encoder inside the step, and ti
 text encoder alone to give its share of the step.
 """
 import json
-import time
 
 import jax
 import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
+
+from benchmarking import timed  # launch/, beside this script
 
 from mdm_jax.models import text as text_lib
 from mdm_jax.models.flops import parameter_count, training_flops_per_example
@@ -26,17 +27,6 @@ config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_confi
 flags.DEFINE_integer("batch_size", None, "Global batch (default: the last stage's).")
 flags.DEFINE_integer("steps", 10, "Timed steps, after 2 warm-up steps.")
 FLAGS = flags.FLAGS
-
-
-def timed(fn, steps):
-    """Seconds per call of fn() (which returns something to block on), after warm-up."""
-    for _ in range(2):
-        jax.block_until_ready(fn())
-    start = time.perf_counter()
-    for _ in range(steps):
-        out = fn()
-    jax.block_until_ready(out)
-    return (time.perf_counter() - start) / steps
 
 
 def main(argv):
@@ -72,7 +62,7 @@ def main(argv):
         holder["state"], m = step(holder["state"], batch, jax.random.key(0), text.frozen_params)
         return m["loss"]
 
-    seconds = timed(one_step, FLAGS.steps)
+    seconds = timed(one_step, FLAGS.steps, warmup=2)
     flops = training_flops_per_example(stage.model_config, size, length)
     per_chip = batch_size / seconds / jax.device_count()
     peak = metrics.peak_flops_per_chip(device)
@@ -89,7 +79,8 @@ def main(argv):
     if text.frozen_params is not None:
         encode = jax.jit(lambda p, t, m: text_lib.encode(text.module, p, t, m))
         tokens, mask = batch["tokens"], batch["token_mask"]
-        encoder_s = timed(lambda: encode(text.frozen_params, tokens, mask), FLAGS.steps)
+        encoder_s = timed(lambda: encode(text.frozen_params, tokens, mask), FLAGS.steps,
+                          warmup=2)
         result.update(text_params_m=parameter_count(text.frozen_params) / 1e6,
                       text_encoder_s=encoder_s, text_encoder_share=encoder_s / seconds)
     print(json.dumps(result), flush=True)
