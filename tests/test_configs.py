@@ -31,7 +31,12 @@ def test_cc12m_presets_have_the_released_parameter_counts(preset, image_size, mi
     assert parameter_count(params) / 1e6 == pytest.approx(millions, rel=0.005)
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(CONFIG_DIR, "*.py"))))
+# from_checkpoint.py reads a run's saved config (tests/test_sample_cli.py runs it).
+EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
+                     if not p.endswith("from_checkpoint.py"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS)
 def test_every_config_loads_and_plans_its_stages(path):
     cfg = load(os.path.basename(path)[:-3])
     model_config.validate(cfg.model)
@@ -68,3 +73,10 @@ def test_validation_names_the_fix(change, message):
 
 def test_a_valid_config_passes():
     assert validate(synthetic_demo(), num_devices=8, num_processes=1)
+
+
+def test_from_checkpoint_config_names_what_it_needs(tmp_path):
+    with pytest.raises(ValueError, match="from_checkpoint.py:RUN_DIR"):
+        load("from_checkpoint")
+    with pytest.raises(FileNotFoundError, match="training run's workdir"):
+        load("from_checkpoint", str(tmp_path))
