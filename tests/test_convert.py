@@ -1,6 +1,7 @@
 """Importing reference checkpoints: reference-format files (the reference's key names,
 random values) of a small nested text model, read in every format, converted with
 `python -m mdm_jax.convert`, and sampled with `python -m mdm_jax.sample`."""
+import json
 import os
 import sys
 
@@ -16,7 +17,7 @@ from mdm_jax.train import checkpoint as ckpt_lib
 from mdm_jax.train import loop, sharding
 from mdm_jax.train.text_conditioning import TextConditioning, resolve
 from reference_model import CAPTIONS
-from training_runs import run_to_end
+from training_runs import NO_GRIDS, run_to_end
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 
@@ -80,6 +81,26 @@ def write_prompts(tmp_path):
     path = tmp_path / "prompts.txt"
     path.write_text("\n".join(CAPTIONS) + "\n")
     return str(path)
+
+
+def test_a_converted_model_fine_tunes_from_its_saved_config(reference_model, data_dir,
+                                                             tmp_path):
+    """configs/from_checkpoint.py + the training command continue from the converted
+    step 0, with another data set, worker count and batch size than the yaml's."""
+    files, run_dir = reference_model["dir"], str(tmp_path / "run")
+    release.convert(str(files / "model.yaml"), str(files / "vis_model.npz"), run_dir,
+                    str(files / "t5"))
+    run_to_end([sys.executable, "-m", "mdm_jax.train",
+                f"--config=configs/from_checkpoint.py:{run_dir}", f"--workdir={run_dir}",
+                "--config.stages.res64.steps=2", "--config.stages.res64.global_batch_size=8",
+                "--config.data.dataset=shapes", f"--config.data.data_dir={data_dir}",
+                "--config.data.shapes.image_size=64", "--config.data.shapes.num_examples=256",
+                "--config.data.num_workers=0", "--config.log_every=1",
+                "--config.checkpoint_every=1", "--config.model.dtype=float32", NO_GRIDS])
+    assert ckpt_lib.latest_step(os.path.join(run_dir, "checkpoints", "res64")) == 2
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        steps = [json.loads(line)["step"] for line in f if '"loss"' in line]
+    assert steps == [1, 2]
 
 
 @pytest.mark.parametrize("name", ["vis_model.safetensors", "vis_model.npz"])

@@ -12,8 +12,8 @@ import subprocess
 
 import pytest
 
-from training_runs import (ROOT, env_with_devices, free_port, losses, run_to_end, start,
-                           train_command, wait_for_step)
+from training_runs import (NO_GRIDS, ROOT, env_with_devices, free_port, losses, run_to_end,
+                           start, train_command, wait_for_step)
 
 
 def test_full_run_trains_both_stages_and_writes_samples(uninterrupted):
@@ -33,13 +33,13 @@ def test_full_run_trains_both_stages_and_writes_samples(uninterrupted):
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, data_dir, uninterrupted):
     workdir = str(tmp_path)
-    process = start(train_command(workdir, data_dir))
+    process = start(train_command(workdir, data_dir, NO_GRIDS))
     wait_for_step(workdir, 3, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     killed_at = max(losses(workdir))
     assert killed_at < 9
-    run_to_end(train_command(workdir, data_dir))
+    run_to_end(train_command(workdir, data_dir, NO_GRIDS))
     resumed, reference = losses(workdir), losses(uninterrupted)
     assert sorted(resumed) == sorted(reference)
     for step in range(killed_at + 1, 10):
@@ -64,7 +64,7 @@ def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, data_dir):
 def test_two_processes_train_like_one(tmp_path, data_dir):
     """Two jax.distributed processes with 4 CPU devices each: the losses of one process
     with 8 devices, step for step, through both stages and the growth between them."""
-    short = ["--config.stages.res32.steps=2", "--config.stages.res64.steps=2"]
+    short = ["--config.stages.res32.steps=2", "--config.stages.res64.steps=2", NO_GRIDS]
     one = str(tmp_path / "one")
     run_to_end(train_command(one, data_dir, *short), env=env_with_devices(8))
     two = str(tmp_path / "two")
@@ -118,7 +118,7 @@ def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninte
     run_to_end(train_command(
         workdir, data_dir, *SHORT, "--config.text.kind=precomputed",
         f"--config.text.precomputed_dir={output}", "--config.text.max_length=16",
-        "--config.model.conditioning_feature_dim=512", "--config.sample_every=0"))
+        "--config.model.conditioning_feature_dim=512", NO_GRIDS))
     assert sorted(losses(workdir)) == [1, 2, 3]
 
 

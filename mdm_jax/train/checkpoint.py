@@ -42,14 +42,17 @@ class StageCheckpoints:
         """The state at `step` onto the shardings in abstract_state; the iterator in place."""
         check_architecture(self.read_config(step), abstract_state, self.directory, step)
         items = {STATE: ocp.args.StandardRestore(abstract_state)}
-        # A grown stage's first checkpoint (mdm_jax.grow) has no data position yet.
-        has_data = os.path.isdir(os.path.join(self.directory, str(step), DATA))
-        if data_iterator is not None and has_data:
+        if data_iterator is not None and self.has_data_position(step):
             items[DATA] = grain.checkpoint.CheckpointRestore(data_iterator)
         return self.manager.restore(step, args=ocp.args.Composite(**items))[STATE]
 
     def read_config(self, step):
         return read_config(self.directory, step)
+
+    def has_data_position(self, step):
+        """False for a stage's first checkpoint written by mdm_jax.grow or mdm_jax.convert:
+        no data has been read yet."""
+        return os.path.isdir(os.path.join(self.directory, str(step), DATA))
 
     def wait(self):
         self.manager.wait_until_finished()

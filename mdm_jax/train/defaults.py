@@ -55,6 +55,7 @@ def base_config():
     cfg.checkpoint_every = 1000
     cfg.keep_checkpoints = 3
     cfg.sample_every = 5000          # 0: only at the end of each stage
+    # Sample grids: num_images=0 writes none.
     cfg.sample = ml_collections.ConfigDict(dict(
         num_images=8, sampler="ddim", steps=50, guidance_scale=1.0, ddim_eta=0.0,
         prompts=("",)))

@@ -131,7 +131,10 @@ def grown_state(config, stages, stage, text, optimizer, mesh, rules, directory):
 
 def check_data_position_fits(config, saved, checkpoints, step):
     """The data iterator's saved position is per process and per worker: resuming with
-    other counts can't continue exactly, so it is refused with the fix in the message."""
+    other counts can't continue exactly, so it is refused with the fix in the message.
+    A checkpoint without a data position (grown or converted) starts the data afresh."""
+    if not checkpoints.has_data_position(step):
+        return
     saved_workers = saved["data"]["num_workers"]
     saved_processes = (saved.get("stage") or {}).get("process_count", jax.process_count())
     if saved_workers != config.data.num_workers or saved_processes != jax.process_count():
@@ -262,7 +265,8 @@ def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
             throughput.pause()
             checkpoints.save(done, state, stage_config, data_iterator, force=stop)
             throughput.resume()
-        if (config.sample_every and done % config.sample_every == 0) or done == st.steps:
+        grid_due = (config.sample_every and done % config.sample_every == 0) or done == st.steps
+        if config.sample.num_images and grid_due:
             throughput.pause()
             write_samples(config, workdir, stage, model, text, state, done)
             throughput.resume()
