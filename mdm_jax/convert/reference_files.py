@@ -51,8 +51,6 @@ def read_state_dict(path):
         else:
             tensors = _read_torch(path)
     except (OSError, ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as e:
-        if isinstance(e, ImportError):
-            raise
         raise ValueError(f"Could not read {path} as {suffix}: {e}. Is the file complete "
                          "(re-download it)?") from None
     if not tensors:

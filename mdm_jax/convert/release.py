@@ -11,7 +11,6 @@ import os
 
 import flax.linen as nn
 import jax
-import ml_collections
 
 from mdm_jax.convert import model as model_convert
 from mdm_jax.convert.reference_files import read_reference_config, read_state_dict
@@ -59,6 +58,10 @@ def image_size(reference):
     return int(size)
 
 
+def stage_name(reference):
+    return f"res{image_size(reference)}"
+
+
 def run_config(reference, model_config, text_encoder_dir):
     """Our config for the reference model: its architecture, diffusion and text encoder,
     one stage named res<size> with the yaml's training settings."""
@@ -79,7 +82,7 @@ def run_config(reference, model_config, text_encoder_dir):
         if field.name not in ("multi_res_weights", "mixed_ratio"):
             cfg.diffusion[field.name] = getattr(diffusion, field.name)
     num_levels = len(model_config_lib.levels(model_config))
-    cfg.stages[f"res{size}"] = defaults.stage(
+    cfg.stages[stage_name(reference)] = defaults.stage(
         num_levels=num_levels, steps=int(reference.get("num_training_steps", 1)),
         global_batch_size=int(reference.get("batch_size", 256)),
         learning_rate=float(reference.get("lr", 5e-5)),
@@ -93,16 +96,17 @@ def convert(reference_config_path, checkpoint_path, output,
     """Writes OUTPUT/checkpoints/res<size>/0 from the reference's files; returns the
     stage's checkpoint directory."""
     reference = read_reference_config(reference_config_path)
+    # Refused before the (large) weights are read.
+    directory = os.path.join(os.path.abspath(output), "checkpoints", stage_name(reference))
+    if ckpt_lib.latest_step(directory) is not None:
+        raise FileExistsError(f"{directory} already has checkpoints: choose another "
+                              "--output, or delete it.")
     state_dict = read_state_dict(checkpoint_path)
     model_config, params = model_convert.from_reference(reference["unet_config"], state_dict)
     config = run_config(reference, model_config, text_encoder_dir)
     stage = loop.plan_stages(config)[-1]
-    directory = os.path.join(os.path.abspath(output), "checkpoints", stage.name)
     checkpoints = ckpt_lib.StageCheckpoints(directory, async_save=False)
-    if checkpoints.latest_step() is not None:
-        raise FileExistsError(f"{directory} already has checkpoints: choose another "
-                              "--output, or delete it.")
-    mesh = sharding.make_mesh(ml_collections.ConfigDict(dict(data=1, fsdp=-1, tensor=1)))
+    mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     optimizer = state_lib.make_optimizer(config.optimizer, stage.config.learning_rate,
                                          stage.config.warmup_steps)
@@ -113,14 +117,11 @@ def convert(reference_config_path, checkpoint_path, output,
         # The reference's weights in the boxes (logical axis names) of an init, which
         # say how each is sharded.
         boxed = jax.tree_util.tree_map(lambda box, value: box.replace_boxed(value),
-                                       boxed_like, unet, is_leaf=_is_box)
+                                       boxed_like, unet,
+                                       is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
         return state_lib.state_from_params({"unet": boxed}, optimizer)
     state, _ = state_lib.create_sharded(make_boxed, mesh, rules, params)
     checkpoints.save(0, state, loop.stage_checkpoint_config(config, stage))
     checkpoints.wait()
     checkpoints.close()
     return directory
-
-
-def _is_box(x):
-    return isinstance(x, nn.LogicallyPartitioned)
