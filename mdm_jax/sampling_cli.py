@@ -109,6 +109,13 @@ class Options:
 def generate(config, run_dir, output, options):
     """Samples and writes output/NNNNN.png (highest level) and output/grid.png (every
     level side by side, a row per sample); returns the PNG paths of the samples."""
+    levels, _ = sample_checkpoint(config, run_dir, options)
+    return write_images(output, levels)
+
+
+def sample_checkpoint(config, run_dir, options):
+    """(levels, conditions): every level's samples [N, h, w, C] in [-1, 1] (highest
+    first, numpy) and the prompt or label of each sample ([] if unconditional)."""
     o = options
     if o.eta and o.sampler != "ddim":
         raise ValueError(f"--eta applies to --sampler=ddim only (got --sampler={o.sampler}).")
@@ -133,13 +140,33 @@ def generate(config, run_dir, output, options):
                          "devices the batch is split over.")
     text = TextConditioning.create(config, mesh, rules)
     params = load_ema_params(config, stage, directory, step, text, mesh, rules)
+    levels = sample_levels(stage, params, text, mesh, conditions, n, o, guidance)
+    return levels, conditions
+
+
+def stage_sampler(stage, options, guidance, mesh):
+    """The jitted sampler (samples.make_sampler) of a stage for these options."""
+    o = options
     diffusion_config = stage.diffusion if o.threshold is None else dataclasses.replace(
         stage.diffusion, threshold=o.threshold)
     shape = (o.batch_size, stage.image_size, stage.image_size,
              stage.model_config.input_channels)
-    run = samples.make_sampler(build_model(stage.model_config), diffusion_config, stage.scales,
-                       shape, sampler=o.sampler, num_steps=o.num_steps, eta=o.eta,
-                       guidance_scale=guidance, mesh=mesh)
+    return samples.make_sampler(build_model(stage.model_config), diffusion_config,
+                                stage.scales, shape, sampler=o.sampler,
+                                num_steps=o.num_steps, eta=o.eta, guidance_scale=guidance,
+                                mesh=mesh)
+
+
+def sample_levels(stage, params, text, mesh, conditions, n, options, guidance, run=None):
+    """n samples of a stage's model with its (EMA) params {'unet', ...} on mesh, in
+    batches of options.batch_size split over the mesh: every level, numpy, in [-1, 1].
+
+    conditions: n prompts or labels, or [] for an unconditional model. Each batch's key is
+    fold_in(key(options.seed), batch index), so the same seed gives the same samples.
+    run: stage_sampler's result, for callers that sample again and again (no recompiles).
+    """
+    o = options
+    run = run or stage_sampler(stage, options, guidance, mesh)
     batch_sharding = sharding.batch_sharding(mesh, 1)
 
     def put(x):
@@ -147,13 +174,13 @@ def generate(config, run_dir, output, options):
 
     key = jax.random.key(o.seed)
     levels = []
-    for start in tqdm.trange(0, n, o.batch_size, desc="sampling", unit="batch",
+    for start in tqdm.trange(0, n, o.batch_size, desc="sampling", unit="batch", leave=False,
                              disable=jax.process_index() != 0):
         # The last batch repeats its final entry up to the fixed size; the extra rows go.
         chunk = conditions[start:start + o.batch_size]
         chunk = chunk + chunk[-1:] * (o.batch_size - len(chunk))
         labels = lm = mask = uncond_lm = uncond_mask = None
-        if config.text.kind != "none":
+        if text.config.kind != "none":
             lm, mask = text.encode_prompts(params, chunk)
             if guidance != 1:
                 uncond_lm, uncond_mask = text.encode_prompts(
@@ -165,8 +192,7 @@ def generate(config, run_dir, output, options):
         keep = min(o.batch_size, n - start)
         levels.append([np.asarray(multihost_utils.process_allgather(x, tiled=True))[:keep]
                        for x in out])
-    levels = [np.concatenate(level) for level in zip(*levels)]
-    return write_images(output, levels)
+    return [np.concatenate(level) for level in zip(*levels)]
 
 
 def write_images(output, levels):

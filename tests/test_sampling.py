@@ -342,3 +342,15 @@ def test_step_argument_checks():
         denoise_step(lambda xs, *_: xs, xs, 10, None, None, **kwargs)
     with pytest.raises(ValueError, match="eta"):
         denoise_step(lambda xs, *_: xs, xs, 10, None, None, eta=1.5, **kwargs)
+
+
+def test_starting_noise_is_independent_of_every_step_draw():
+    """The sampler's start and its per-step noise come from one key: no step may reuse the
+    starting draw (fold_in(key, 1) once fed both)."""
+    from mdm_jax.train.samples import sampler_noise
+    shape, scales = (4, 16, 16, 3), (2, 1)
+    x_init, step_noise = sampler_noise(jax.random.key(0), shape, scales)
+    for i in range(60):
+        for start, draw in zip(x_init, step_noise(i)):
+            corr = np.corrcoef(np.ravel(start), np.ravel(draw))[0, 1]
+            assert abs(corr) < 0.15, (i, corr)

@@ -35,8 +35,10 @@ def get_data_config():
     c.num_workers = 0  # grain worker processes decoding in parallel; 0 = in this process
     c.read_threads = 4  # threads per process reading and decoding records
     c.prefetch_buffer = 2  # batches each worker prepares ahead
-    # The shapes variant to read (or build): one tfds config per (image_size, count, seed).
-    c.shapes = ml_collections.ConfigDict(dict(image_size=256, num_examples=50_000, seed=0))
+    # The shapes variant to read (or build): one tfds config per (image_size, count, seed,
+    # max_objects, min_size); the demo's is one shape a scene, medium or large.
+    c.shapes = ml_collections.ConfigDict(dict(image_size=256, num_examples=50_000, seed=0,
+                                              max_objects=3, min_size="small"))
     # image_text: `name` tells variants apart in data_dir; sources are patterns in manual_dir.
     c.image_text = ml_collections.ConfigDict(dict(
         name="default", sources="*.tar,*.tsv", validation_sources=""))

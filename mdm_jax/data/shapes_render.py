@@ -97,16 +97,21 @@ class Scene:
         return class_index(self.shapes[0].shape, self.shapes[0].colour)
 
 
-def sample_scene(seed, index):
-    """The scene of example `index` of the data set made with `seed`."""
+def sample_scene(seed, index, max_objects=3, min_size="small"):
+    """The scene of example `index` of the data set made with `seed`.
+
+    max_objects < 3 caps the object count after it is drawn, and a size below min_size is
+    raised to it, so the random stream (and every scene of the defaults) is unchanged: a
+    1-object scene is the default scene's first object on the same background.
+    """
     rng = np.random.default_rng([seed, index])
-    count = int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25]))
+    count = min(int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25])), max_objects)
     cells = [tuple(c) for c in rng.permutation([(r, c) for r in range(3) for c in range(3)])]
     shapes = []
     for cell in cells:
         if len(shapes) == count:
             break
-        size = str(rng.choice(list(SIZES)))
+        size = max(str(rng.choice(list(SIZES))), min_size, key=list(SIZES).index)
         radius = float(rng.uniform(*SIZES[size]))
         # Jittered about the cell's centre, and never out of the image (the clamp keeps
         # the centre inside its cell: radius + 0.01 < 1/3).
@@ -218,7 +223,7 @@ def encode_png(pixels):
     return buffer.getvalue()
 
 
-def make_example(seed, index, size):
+def make_example(seed, index, size, max_objects=3, min_size="small"):
     """(png bytes, caption, label) of example `index`; what the builder stores."""
-    scene = sample_scene(seed, index)
+    scene = sample_scene(seed, index, max_objects, min_size)
     return encode_png(render(scene, size)), scene.caption, scene.label

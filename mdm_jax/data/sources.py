@@ -26,8 +26,10 @@ def data_dir(config):
 def make_builder(config):
     """The tfds builder of config.dataset (not synthetic), built or not."""
     if config.dataset == "shapes":
-        return shapes.make_builder(data_dir(config), config.shapes.image_size,
-                                   config.shapes.num_examples, config.shapes.seed)
+        cfg = config.shapes
+        return shapes.make_builder(data_dir(config), cfg.image_size, cfg.num_examples,
+                                   cfg.seed, max_objects=cfg.max_objects,
+                                   min_size=cfg.min_size)
     if config.dataset == "image_text":
         cfg = config.image_text
         return image_text.make_builder(data_dir(config), cfg.name, cfg.sources,

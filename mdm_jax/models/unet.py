@@ -123,10 +123,13 @@ class UNet(nn.Module):
         if m.num_classes > 0:
             # One extra row, index num_classes, is the "no label" input of classifier-free
             # guidance (labels dropped in training, the unconditional half when sampling).
+            # Unit-variance rows (as ADM's label embedding, PyTorch's default): each class
+            # is a distinct code as large as the time embedding from the first step. At
+            # std 0.02 the label was invisible for thousands of steps (docs/experiments.md).
             self.class_emb = nn.Embed(
                 m.num_classes + 1, self.level.temporal_dim, dtype=dtype,
                 embedding_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(0.02), ("classes", "embed_out")))
+                    nn.initializers.normal(1.0), ("classes", "embed_out")))
 
     @property
     def dtype(self):

@@ -59,6 +59,16 @@ def base_config():
     cfg.sample = ml_collections.ConfigDict(dict(
         num_images=8, sampler="ddim", steps=50, guidance_scale=1.0, ddim_eta=0.0,
         prompts=("",)))
+    # Evaluation during training (mdm_jax.train.evaluation), every eval_every steps and at
+    # the end of each stage; 0: never. judge: auto (the shapes judge on shapes data),
+    # packaged, none or a path; reference: statistics (python -m mdm_jax.evaluate
+    # --write_reference), '' = made from the run's data set (num_reference images).
+    cfg.eval_every = 0
+    cfg.eval = ml_collections.ConfigDict(dict(
+        num_samples=200, batch_size=50, sampler="dpm++", steps=25, seed=0,
+        judge="auto", inception_weights="", inception_mode="pytorch_fid", clip_dir="",
+        reference="", num_reference=1000, prompts=()))
+    cfg.eval.guidance_scale = config_dict.placeholder(float)  # None: sample.guidance_scale
     return cfg
 
 

@@ -21,6 +21,7 @@ from mdm_jax.data import sources as data_sources
 from mdm_jax.models import build_model, config as model_config_lib, init_params
 from mdm_jax.models.flops import training_flops_per_example
 from mdm_jax.train import checkpoint as ckpt_lib
+from mdm_jax.train.evaluation import TrainingEvaluation
 from mdm_jax.train import growth, metrics as metrics_lib, samples, sharding, state as state_lib
 from mdm_jax.train.preemption import PreemptionGuard
 from mdm_jax.train import text_conditioning
@@ -170,7 +171,8 @@ def prepare_data(config):
         if jax.process_index() == 0:
             cfg = config.data.shapes
             shapes_data.build(data_sources.data_dir(config.data), cfg.image_size,
-                              cfg.num_examples, cfg.seed)
+                              cfg.num_examples, cfg.seed, max_objects=cfg.max_objects,
+                              min_size=cfg.min_size)
         multihost_utils.sync_global_devices("shapes data set built")
 
 
@@ -192,9 +194,11 @@ def train(config, workdir):
     stages = plan_stages(config)
     text = text_conditioning.TextConditioning.create(config, mesh, rules)
     guard = PreemptionGuard()
+    evaluation = TrainingEvaluation(config, workdir) if config.eval_every else None
     last = {}
     for stage in stages:
-        last = train_stage(config, workdir, stages, stage, text, mesh, rules, guard)
+        last = train_stage(config, workdir, stages, stage, text, mesh, rules, guard,
+                           evaluation)
         if guard.stopped:
             break
     return last
@@ -210,7 +214,7 @@ def stage_checkpoint_config(config, stage):
     return saved
 
 
-def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
+def train_stage(config, workdir, stages, stage, text, mesh, rules, guard, evaluation=None):
     st = stage.config
     optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate, st.warmup_steps)
     lr_fn = state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps)
@@ -269,6 +273,12 @@ def train_stage(config, workdir, stages, stage, text, mesh, rules, guard):
         if config.sample.num_images and grid_due:
             throughput.pause()
             write_samples(config, workdir, stage, model, text, state, done)
+            throughput.resume()
+        if evaluation and (done % config.eval_every == 0 or done == st.steps):
+            throughput.pause()
+            log.write(stage.step_offset + done,
+                      evaluation(stage, stage_data_config(config, stage), text, mesh,
+                                 state.ema_params))
             throughput.resume()
         if stop:
             logging.warning("Stop requested (SIGTERM): saved step %d of stage %s.", done,

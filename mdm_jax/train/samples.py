@@ -17,6 +17,15 @@ from mdm_jax.train import sharding
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 
+def sampler_noise(key, shape, scales):
+    """(starting noise per level, step_noise(i)) from one key, through separate subkeys:
+    the start must not equal any step's draw (step_noise folds in the step index, and
+    fold_in(key, 1) of one key is step 1's draw)."""
+    init_key, step_key = jax.random.split(key)
+    return (diffusion.initial_noise(init_key, shape, scales),
+            diffusion.step_noise_from_key(step_key, shape, scales))
+
+
 def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, eta,
                  guidance_scale, mesh=None):
     """A jitted fn(params, key, labels, lm, mask, uncond_lm, uncond_mask) -> levels.
@@ -40,7 +49,7 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
                                           if doubled else labels)
             return model.apply({"params": params}, xs, t, lm_, mask_, micros, **kwargs)
 
-        x_init = diffusion.initial_noise(jax.random.fold_in(key, 1), shape, scales)
+        x_init, step_noise = sampler_noise(key, shape, scales)
         if batch is not None:
             x_init = [jax.lax.with_sharding_constraint(x, batch) for x in x_init]
         common = dict(config=diffusion_config, scales=scales, num_steps=num_steps,
@@ -48,7 +57,6 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
                       uncond_lm_mask=uncond_mask, guidance_scale=guidance_scale)
         if sampler == "dpm++":
             return diffusion.dpm_solver_sample(denoise, x_init, **common)
-        step_noise = diffusion.step_noise_from_key(key, shape, scales)
         return diffusion.sample(denoise, x_init, step_noise,
                                 eta=None if sampler == "ddpm" else eta, **common)
 

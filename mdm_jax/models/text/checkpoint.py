@@ -10,6 +10,9 @@ Every parameter of the encoder must come from a tensor of the right shape, and e
 encoder tensor of the checkpoint must be used; otherwise the load fails naming the
 tensors. Decoder and LM-head tensors of a full T5ForConditionalGeneration checkpoint are
 ignored, and `encoder.embed_tokens.weight` is the tied copy of `shared.weight`.
+
+`open_weights` (with `weight_files`, `SafetensorsFiles`, `TorchFiles`) is the reading part,
+shared with other Hugging Face checkpoints (CLIP, mdm_jax.evaluate.clip).
 """
 import contextlib
 import json
@@ -42,7 +45,7 @@ def hf_name(path):
     return f"encoder.{name}.weight", leaf == "kernel"
 
 
-class _SafetensorsFiles:
+class SafetensorsFiles:
     """Tensor names, shapes and data of one or more safetensors files."""
 
     def __init__(self, files, stack):
@@ -63,7 +66,7 @@ class _SafetensorsFiles:
         return self._where[name].get_tensor(name)
 
 
-class _TorchFiles:
+class TorchFiles:
     """The same for pytorch_model.bin files (zip pickles), through PyTorch."""
 
     def __init__(self, files):
@@ -94,7 +97,7 @@ class _TorchFiles:
         return t.numpy()
 
 
-def _weight_files(checkpoint_dir):
+def weight_files(checkpoint_dir):
     """(format, files) of the preferred weights in the directory."""
     for index_name, single, kind in ((SAFETENSORS_INDEX, SAFETENSORS, "safetensors"),
                                      (TORCH_INDEX, TORCH_BIN, "torch")):
@@ -115,6 +118,19 @@ def _weight_files(checkpoint_dir):
         f"{TORCH_BIN} or {TORCH_INDEX}.")
 
 
+@contextlib.contextmanager
+def open_weights(checkpoint_dir):
+    """The directory's preferred weights as one source of tensors, open inside the `with`.
+
+    The source has `names()` (a set), `shape(name)` (a tuple, without reading the data)
+    and `read(name)` (a numpy array; bfloat16 from .bin files comes back as float32).
+    Shared by every Hugging Face checkpoint reader (T5 here, CLIP in mdm_jax.evaluate).
+    """
+    kind, files = weight_files(checkpoint_dir)
+    with contextlib.ExitStack() as stack:
+        yield SafetensorsFiles(files, stack) if kind == "safetensors" else TorchFiles(files)
+
+
 def _describe(names, limit=10):
     names = sorted(names)
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
@@ -127,9 +143,7 @@ def load_params(checkpoint_dir, abstract_params, dtype):
     abstract_params: the (unboxed) tree of ShapeDtypeStructs the encoder's `init` makes,
     which gives every parameter's path and shape.
     """
-    kind, files = _weight_files(checkpoint_dir)
-    with contextlib.ExitStack() as stack:
-        source = _SafetensorsFiles(files, stack) if kind == "safetensors" else _TorchFiles(files)
+    with open_weights(checkpoint_dir) as source:
         available = source.names()
         if "shared.weight" not in available and _TIED_EMBEDDING in available:
             embedding_name = _TIED_EMBEDDING
