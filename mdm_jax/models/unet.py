@@ -124,8 +124,8 @@ class UNet(nn.Module):
             # One extra row, index num_classes, is the "no label" input of classifier-free
             # guidance (labels dropped in training, the unconditional half when sampling).
             # Unit-variance rows (as ADM's label embedding, PyTorch's default): each class
-            # is a distinct code as large as the time embedding from the first step. At
-            # std 0.02 the label was invisible for thousands of steps (docs/experiments.md).
+            # is a distinct code about as large as the time embedding from the first step;
+            # std 0.02 made it some 50 times smaller, and short runs ignored the label.
             self.class_emb = nn.Embed(
                 m.num_classes + 1, self.level.temporal_dim, dtype=dtype,
                 embedding_init=nn.with_logical_partitioning(
