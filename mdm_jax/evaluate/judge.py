@@ -64,6 +64,11 @@ def caption_attributes(caption):
     left on a striped beige background' -> {size, colour, shape, position, texture,
     background}. Words it doesn't name are left out, so they aren't judged."""
     text = f" {caption.lower().replace(',', ' ')} "
+    # Counted, not just found: "a small pink circle ... and a small pink circle ..." names
+    # one shape word twice.
+    if sum(text.count(f" {word} ") for word in ATTRIBUTES["shape"]) > 1:
+        raise ValueError(f"Caption {caption!r} names several shapes; the judge reads "
+                         "one-shape scenes.")
     found = {}
     for name in ("shape", "colour", "size", "background"):
         hits = [i for i, word in enumerate(ATTRIBUTES[name]) if f" {word} " in text]

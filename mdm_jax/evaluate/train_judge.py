@@ -54,7 +54,7 @@ def train(num_train=24_000, num_held_out=2_000, steps=3_000, batch_size=128,
     """(params, {attribute: held-out accuracy, "all": every attribute right})."""
     images, labels = render_scenes(TRAIN_SEED, num_train, processes)
     net = judge_lib.JudgeNet()
-    params = net.init(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))["params"]
+    params = jax.jit(net.init)(jax.random.key(seed), jnp.zeros((1, 64, 64, 3)))["params"]
     warmup = min(100, steps // 10)
     schedule = optax.warmup_cosine_decay_schedule(0.0, learning_rate, warmup, max(steps, warmup + 1))
     optimizer = optax.adamw(schedule, weight_decay=1e-4)
