@@ -16,11 +16,16 @@ from absl import app, flags, logging
 
 from mdm_jax.evaluate import inception
 
-flags.DEFINE_string("input", None, "The FID Inception weights: pt_inception-2015-12-05-"
-                    "6726825d.pth (or a .npz/.safetensors of the same tensors).")
-flags.DEFINE_string("output", None, "The file to write: .npz or .safetensors.")
-flags.mark_flags_as_required(["input", "output"])
 FLAGS = flags.FLAGS
+
+
+def define_flags():
+    """The command's flags, defined only when it runs: tests import `convert`, and other
+    commands' modules define flags of the same names."""
+    flags.DEFINE_string("input", None, "The FID Inception weights: pt_inception-2015-12-05-"
+                        "6726825d.pth (or a .npz/.safetensors of the same tensors).")
+    flags.DEFINE_string("output", None, "The file to write: .npz or .safetensors.")
+    flags.mark_flags_as_required(["input", "output"])
 
 OUTPUT_SUFFIXES = (".npz", ".safetensors")
 
@@ -55,4 +60,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
