@@ -75,21 +75,9 @@ def run_config():
     return ckpt_lib.saved_run_config(FLAGS.checkpoint, FLAGS.stage)
 
 
-def judge_path(config):
-    """None (no judge), '' (the packaged judge) or a path, from --judge."""
-    choice = FLAGS.judge
-    if choice == "none":
-        return None
-    if choice == "packaged":
-        return ""
-    if choice == "auto":
-        trained_on_shapes = config is not None and config.data.dataset == "shapes"
-        return "" if trained_on_shapes else None
-    return choice
-
-
 def make_evaluators(config):
-    return metrics.Evaluators.create(judge_path(config), FLAGS.inception_weights,
+    return metrics.Evaluators.create(metrics.judge_path(FLAGS.judge, config),
+                                     FLAGS.inception_weights,
                                      FLAGS.inception_mode, FLAGS.clip)
 
 

@@ -23,6 +23,15 @@ WRITE_REFERENCE_HINT = ("make one with `python -m mdm_jax.evaluate --write_refer
                         "--config=CONFIG` (it reads the config's data set)")
 
 
+def judge_path(choice, config=None):
+    """The judge a --judge / config.eval.judge choice names: None (no judge), '' (the
+    packaged one) or a checkpoint path. 'auto' is the packaged judge for a run (config)
+    trained on the shapes data, else none."""
+    if choice == "auto":
+        return "" if config is not None and config.data.dataset == "shapes" else None
+    return {"packaged": "", "none": None}.get(choice, choice)
+
+
 @dataclasses.dataclass
 class Evaluators:
     judge: Optional[judge_lib.Judge] = None

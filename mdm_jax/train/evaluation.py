@@ -22,11 +22,8 @@ class TrainingEvaluation:
         self.config = config
         self.eval = config.eval
         self.workdir = workdir
-        judge = self.eval.judge
-        judge_path = {"auto": "" if config.data.dataset == "shapes" else None,
-                      "packaged": "", "none": None}.get(judge, judge)
         self.evaluators = metrics.Evaluators.create(
-            judge_path, self.eval.inception_weights, self.eval.inception_mode,
+            metrics.judge_path(self.eval.judge, config), self.eval.inception_weights, self.eval.inception_mode,
             self.eval.clip_dir, batch_size=self.eval.batch_size)
         self._references = {}
         self._samplers = {}
