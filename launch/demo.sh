@@ -8,5 +8,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh
 .venv/bin/python -m mdm_jax.train --config=configs/demo.py --workdir=workdir/demo "$@"
-.venv/bin/python -m mdm_jax.evaluate --checkpoint=workdir/demo --num_samples=50 \
-    --batch_size=50 --num_steps=20 --output=workdir/demo/eval
+.venv/bin/python -m mdm_jax.evaluate --checkpoint=workdir/demo --num_samples=100 \
+    --batch_size=50 --num_steps=25 --output=workdir/demo/eval

@@ -32,8 +32,7 @@ def build(config, num_processes=None):
     if config.dataset == "shapes":
         cfg = config.shapes
         return shapes.build(sources.data_dir(config), cfg.image_size, cfg.num_examples,
-                            cfg.seed, num_processes=num_processes,
-                            max_objects=cfg.max_objects, min_size=cfg.min_size)
+                            cfg.seed, num_processes=num_processes, **shapes.variant(cfg))
     if config.dataset == "image_text":
         cfg = config.image_text
         return image_text.build(sources.data_dir(config), manual_dir(config), cfg.name,

@@ -36,9 +36,11 @@ def get_data_config():
     c.read_threads = 4  # threads per process reading and decoding records
     c.prefetch_buffer = 2  # batches each worker prepares ahead
     # The shapes variant to read (or build): one tfds config per (image_size, count, seed,
-    # max_objects, min_size); the demo's is one shape a scene, medium or large.
+    # and variant: shapes.VARIANT_KEYS); the demo's is easier (configs/demo.py).
     c.shapes = ml_collections.ConfigDict(dict(image_size=256, num_examples=50_000, seed=0,
-                                              max_objects=3, min_size="small"))
+                                              max_objects=3, min_size="small",
+                                              plain_background=False, centred=False,
+                                              upright=False))
     # image_text: `name` tells variants apart in data_dir; sources are patterns in manual_dir.
     c.image_text = ml_collections.ConfigDict(dict(
         name="default", sources="*.tar,*.tsv", validation_sources=""))

@@ -1,14 +1,14 @@
 """The embedded default data set: shapes scenes generated locally, no download.
 
-`build(data_dir, image_size=..., num_examples=..., seed=...)` writes the tfds data set
-`mdm_shapes/<image_size>px_<num_examples>_seed<seed>[_max<max_objects>][_<min_size>up]`
-(array_record files) with a train
-split and a validation split (num_examples // 50 further scenes), and a sentencepiece
-tokenizer trained on its captions (`tokenizer.model` in the data set's folder). Each
-(image_size, num_examples, seed, max_objects, min_size) is its own tfds BuilderConfig, so
-several variants live side by side in one data_dir. max_objects=1 with min_size="medium"
-(one shape a scene, no small ones) is the demo's easier variant; the shapes judge
-(mdm_jax.evaluate.judge) reads one-shape scenes of any size.
+`build(data_dir, image_size=..., num_examples=..., seed=..., **variant)` writes the tfds
+data set `mdm_shapes/<image_size>px_<num_examples>_seed<seed>[_max<max_objects>]
+[_<min_size>up][_plain]` (array_record files) with a train split and a validation split
+(num_examples // 50 further scenes), and a sentencepiece tokenizer trained on its captions
+(`tokenizer.model` in the data set's folder). Each image size, count, seed and variant
+(`VARIANT_KEYS`: max_objects, min_size, plain_background) is its own tfds BuilderConfig,
+so several variants live side by side in one data_dir. One shape a scene, no small ones,
+on plain backgrounds is the demo's easier variant; the shapes judge
+(mdm_jax.evaluate.judge) reads one-shape scenes of any size and background.
 """
 import dataclasses
 import functools
@@ -23,6 +23,9 @@ from mdm_jax.data import tokenizer as tokenizer_lib
 TOKENIZER_FILE = "tokenizer.model"
 # The captions use some 60 words; the limit is soft (see tokenizer.train).
 TOKENIZER_VOCAB = 512
+# Options of shapes_render.sample_scene that make a variant of the data set; the config
+# section data.shapes holds them beside image_size, num_examples and seed.
+VARIANT_KEYS = ("max_objects", "min_size", "plain_background", "centred", "upright")
 
 
 @dataclasses.dataclass
@@ -32,10 +35,22 @@ class ShapesConfig(tfds.core.BuilderConfig):
     seed: int = 0
     max_objects: int = 3
     min_size: str = "small"
+    plain_background: bool = False
+    centred: bool = False
+    upright: bool = False
+
+    @property
+    def variant(self):
+        return {key: getattr(self, key) for key in VARIANT_KEYS}
+
+
+def variant(shapes_config):
+    """The variant options of a data.shapes config section, for build and make_builder."""
+    return {key: shapes_config[key] for key in VARIANT_KEYS}
 
 
 def builder_config(image_size=256, num_examples=50_000, seed=0, max_objects=3,
-                   min_size="small"):
+                   min_size="small", plain_background=False, centred=False, upright=False):
     if not 16 <= image_size <= 1024:
         raise ValueError(f"shapes image_size must be in [16, 1024]; got {image_size}.")
     if num_examples < 1:
@@ -45,15 +60,28 @@ def builder_config(image_size=256, num_examples=50_000, seed=0, max_objects=3,
     if min_size not in shapes_render.SIZES:
         raise ValueError(f"shapes min_size must be one of {', '.join(shapes_render.SIZES)}; "
                          f"got {min_size!r}.")
+    flags = {"plain_background": plain_background, "centred": centred, "upright": upright}
+    for name, value in flags.items():
+        if not isinstance(value, bool):
+            raise ValueError(f"shapes {name} must be true or false; got {value!r}.")
+    if centred and max_objects != 1:
+        raise ValueError("shapes centred needs max_objects=1 (one shape a scene); set "
+                         "data.shapes.max_objects=1 or centred=False.")
     # The defaults keep the old name, so data sets built before these options match.
     suffix = ("" if max_objects == 3 else f"_max{max_objects}") + (
-        "" if min_size == "small" else f"_{min_size}up")
+        "" if min_size == "small" else f"_{min_size}up") + "".join(
+        f"_{word}" for word, on in (("plain", plain_background), ("centred", centred),
+                                    ("upright", upright)) if on)
+    backgrounds = "plain backgrounds" if plain_background else "textured backgrounds"
+    backgrounds += ", centred" if centred else ""
+    backgrounds += ", upright" if upright else ""
     return ShapesConfig(name=f"{image_size}px_{num_examples}_seed{seed}{suffix}",
                         image_size=image_size, num_examples=num_examples, seed=seed,
                         max_objects=max_objects, min_size=min_size,
+                        plain_background=plain_background, centred=centred, upright=upright,
                         description=f"{num_examples} scenes at {image_size}x{image_size}, "
                                     f"seed {seed}, at most {max_objects} object(s) of size "
-                                    f"{min_size} or larger")
+                                    f"{min_size} or larger, {backgrounds}")
 
 
 def validation_size(num_examples):
@@ -84,7 +112,7 @@ class MdmShapes(tfds.core.GeneratorBasedBuilder):
     def _generate_examples(self, indices):
         cfg = self.builder_config
         make = functools.partial(_make_record, seed=cfg.seed, size=cfg.image_size,
-                                 max_objects=cfg.max_objects, min_size=cfg.min_size)
+                                 variant=cfg.variant)
         if self._num_processes == 1:
             yield from map(make, indices)
             return
@@ -93,32 +121,30 @@ class MdmShapes(tfds.core.GeneratorBasedBuilder):
             yield from pool.imap(make, indices, chunksize=16)
 
 
-def _make_record(index, *, seed, size, max_objects, min_size):
-    png, caption, label = shapes_render.make_example(seed, index, size, max_objects, min_size)
+def _make_record(index, *, seed, size, variant):
+    png, caption, label = shapes_render.make_example(seed, index, size, **variant)
     return index, records.record(png, size, size, caption=caption, label=label)
 
 
 def make_builder(data_dir, image_size=256, num_examples=50_000, seed=0, num_processes=None,
-                 max_objects=3, min_size="small"):
+                 **variant):
     return MdmShapes(data_dir=os.path.expanduser(data_dir),
-                     config=builder_config(image_size, num_examples, seed, max_objects,
-                                           min_size),
+                     config=builder_config(image_size, num_examples, seed, **variant),
                      file_format="array_record", num_processes=num_processes)
 
 
 def build(data_dir, image_size=256, num_examples=50_000, seed=0, num_processes=None,
-          max_objects=3, min_size="small"):
+          **variant):
     """Generates the data set (if not already there) and its tokenizer; returns its folder.
 
     num_processes defaults to every core. 50,000 scenes at 256x256 take about ten
     core-minutes; 10,000 at 64x64 well under one.
     """
-    builder = make_builder(data_dir, image_size, num_examples, seed, num_processes,
-                           max_objects, min_size)
+    builder = make_builder(data_dir, image_size, num_examples, seed, num_processes, **variant)
     builder.download_and_prepare()
     tokenizer_path = os.path.join(builder.data_dir, TOKENIZER_FILE)
     if not os.path.exists(tokenizer_path):
-        captions = (shapes_render.sample_scene(seed, i, max_objects, min_size).caption
+        captions = (shapes_render.sample_scene(seed, i, **variant).caption
                     for i in range(num_examples))
         tokenizer_lib.train(captions, tokenizer_path, vocab_size=TOKENIZER_VOCAB)
     return builder.data_dir

@@ -97,13 +97,19 @@ class Scene:
         return class_index(self.shapes[0].shape, self.shapes[0].colour)
 
 
-def sample_scene(seed, index, max_objects=3, min_size="small"):
+def sample_scene(seed, index, max_objects=3, min_size="small", plain_background=False,
+                 centred=False, upright=False):
     """The scene of example `index` of the data set made with `seed`.
 
-    max_objects < 3 caps the object count after it is drawn, and a size below min_size is
-    raised to it, so the random stream (and every scene of the defaults) is unchanged: a
-    1-object scene is the default scene's first object on the same background.
+    max_objects < 3 caps the object count after it is drawn, a size below min_size is
+    raised to it, plain_background replaces the drawn texture by none, centred puts the
+    shape in the centre cell (only with max_objects=1) and upright drops its rotation; each
+    replaces a drawn value after the draw, so the random stream (and every scene of the
+    defaults) is unchanged: a 1-object scene is the default scene's first object on the
+    same background.
     """
+    if centred and max_objects != 1:
+        raise ValueError("centred shapes need max_objects=1 (one shape a scene).")
     rng = np.random.default_rng([seed, index])
     count = min(int(rng.choice([1, 2, 3], p=[0.4, 0.35, 0.25])), max_objects)
     cells = [tuple(c) for c in rng.permutation([(r, c) for r in range(3) for c in range(3)])]
@@ -111,6 +117,8 @@ def sample_scene(seed, index, max_objects=3, min_size="small"):
     for cell in cells:
         if len(shapes) == count:
             break
+        if centred:
+            cell = (1, 1)
         size = max(str(rng.choice(list(SIZES))), min_size, key=list(SIZES).index)
         radius = float(rng.uniform(*SIZES[size]))
         # Jittered about the cell's centre, and never out of the image (the clamp keeps
@@ -120,7 +128,7 @@ def sample_scene(seed, index, max_objects=3, min_size="small"):
                        for c in (cell[1], cell[0]))
         candidate = Shape(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
                           size=size, radius=radius, centre=centre, cell=cell,
-                          angle=float(rng.uniform(0, 2 * np.pi)))
+                          angle=0.0 if upright else float(rng.uniform(0, 2 * np.pi)))
         # Shapes never touch, so every object named in the caption is visible whole.
         if all(np.hypot(centre[0] - s.centre[0], centre[1] - s.centre[1])
                > radius + s.radius + 0.02 for s in shapes):
@@ -128,6 +136,8 @@ def sample_scene(seed, index, max_objects=3, min_size="small"):
     shapes.sort(key=lambda s: -s.radius)
     background = str(rng.choice(list(BACKGROUNDS)))
     texture = str(rng.choice(list(TEXTURES)))
+    if plain_background:
+        texture = "plain"
     period = float(rng.uniform(3.0, 8.0))
     angle = float(rng.uniform(0, np.pi))
     phrases = [s.phrase for s in shapes]
@@ -223,7 +233,9 @@ def encode_png(pixels):
     return buffer.getvalue()
 
 
-def make_example(seed, index, size, max_objects=3, min_size="small"):
-    """(png bytes, caption, label) of example `index`; what the builder stores."""
-    scene = sample_scene(seed, index, max_objects, min_size)
+def make_example(seed, index, size, **variant):
+    """(png bytes, caption, label) of example `index`; what the builder stores.
+
+    variant: sample_scene's options (max_objects, min_size, plain_background)."""
+    scene = sample_scene(seed, index, **variant)
     return encode_png(render(scene, size)), scene.caption, scene.label

@@ -28,8 +28,7 @@ def make_builder(config):
     if config.dataset == "shapes":
         cfg = config.shapes
         return shapes.make_builder(data_dir(config), cfg.image_size, cfg.num_examples,
-                                   cfg.seed, max_objects=cfg.max_objects,
-                                   min_size=cfg.min_size)
+                                   cfg.seed, **shapes.variant(cfg))
     if config.dataset == "image_text":
         cfg = config.image_text
         return image_text.make_builder(data_dir(config), cfg.name, cfg.sources,

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple, Optional
 
 import flax.linen as nn
 import jax.numpy as jnp
+import numpy as np
 
 from mdm_jax.models import layers
 from mdm_jax.models.config import parse_micro_conditioning
@@ -126,10 +127,16 @@ class UNet(nn.Module):
             # Unit-variance rows (as ADM's label embedding, PyTorch's default): each class
             # is a distinct code about as large as the time embedding from the first step;
             # std 0.02 made it some 50 times smaller, and short runs ignored the label.
-            self.class_emb = nn.Embed(
-                m.num_classes + 1, self.level.temporal_dim, dtype=dtype,
-                embedding_init=nn.with_logical_partitioning(
-                    nn.initializers.normal(1.0), ("classes", "embed_out")))
+            # With class_factors, one such table per attribute (its extra row: dropped).
+            rows = [f + 1 for f in self.class_factors] or [m.num_classes + 1]
+            tables = [nn.Embed(n, self.level.temporal_dim, dtype=dtype,
+                               embedding_init=nn.with_logical_partitioning(
+                                   nn.initializers.normal(1.0), ("classes", "embed_out")))
+                      for n in rows]
+            if self.class_factors:
+                self.class_factor_embs = tables
+            else:
+                self.class_emb = tables[0]
 
     @property
     def dtype(self):
@@ -173,10 +180,26 @@ class UNet(nn.Module):
             if class_labels is None:
                 raise ValueError("This model is class-conditional: pass class_labels "
                                  f"(-1 or {m.num_classes} for no label).")
-            labels = jnp.where(class_labels < 0, m.num_classes, class_labels)
-            label_emb = self.class_emb(labels)
+            label_emb = self._label_embedding(class_labels)
             embedding = label_emb if embedding is None else embedding + label_emb
         return Conditioning(tokens, mask, embedding)
+
+    @property
+    def class_factors(self):
+        return tuple(self.model.get("class_factors", ()))
+
+    def _label_embedding(self, class_labels):
+        """Embedding of labels (-1 or num_classes: no label) [B, temporal_dim]."""
+        dropped = (class_labels < 0) | (class_labels >= self.model.num_classes)
+        if not self.class_factors:
+            return self.class_emb(jnp.where(dropped, self.model.num_classes, class_labels))
+        total, rest = 0.0, class_labels
+        for factor, table in zip(reversed(self.class_factors),
+                                 reversed(self.class_factor_embs)):
+            total = total + table(jnp.where(dropped, factor, rest % factor))
+            rest = rest // factor
+        # Divided so that the sum has the unit variance of a single table's rows.
+        return total / np.sqrt(len(self.class_factors))
 
     def _time_embedding(self, times, cond, micros):
         lv = self.level

@@ -171,8 +171,7 @@ def prepare_data(config):
         if jax.process_index() == 0:
             cfg = config.data.shapes
             shapes_data.build(data_sources.data_dir(config.data), cfg.image_size,
-                              cfg.num_examples, cfg.seed, max_objects=cfg.max_objects,
-                              min_size=cfg.min_size)
+                              cfg.num_examples, cfg.seed, **shapes_data.variant(cfg))
         multihost_utils.sync_global_devices("shapes data set built")
 
 
