@@ -44,7 +44,7 @@ def arm_config(arm, args, steps=None, eval_every=None):
     # one shape a scene, medium or large, anywhere, rotated, on textured backgrounds.
     cfg.data.shapes.update(max_objects=1, min_size="medium", plain_background=False,
                            centred=False, upright=False)
-    cfg.model.class_factors = ()  # one embedding table of the 50 classes, as then
+    cfg.model.class_factors = None  # one embedding table of the 50 classes, as then
     cfg.data.num_workers = args.workers
     cfg.sample.num_images = 0
     cfg.checkpoint_every = 100_000

@@ -48,8 +48,9 @@ def model_config(unet, **overrides):
         # Labels that are combinations of attributes (shapes: shape x colour = (5, 10)): the
         # label's digits in this mixed radix, last fastest, each get an embedding table and
         # the label's embedding is their sum, so an attribute is learned from every class
-        # that has it. () = one table of num_classes rows.
-        class_factors=(),
+        # that has it. None = one table of num_classes rows. (Not (): FrozenConfigDict
+        # refuses one tuple object in two places, and () is shared with other fields.)
+        class_factors=ml_collections.config_dict.placeholder(tuple),
         dtype="float32",                   # activations; params are always float32
         attention_impl=ml_collections.config_dict.placeholder(str),  # None/'xla'/'cudnn'
     ))
@@ -118,11 +119,11 @@ def validate(config):
     if config.attention_impl not in ATTENTION_IMPLS:
         raise ValueError(f"model.attention_impl={config.attention_impl!r}; "
                          f"use one of {ATTENTION_IMPLS}.")
-    factors = tuple(config.get("class_factors", ()))
+    factors = tuple(config.get("class_factors") or ())
     if factors and (min(factors) < 1 or int(np.prod(factors)) != config.num_classes):
         raise ValueError(f"model.class_factors={factors} must be positive with product "
                          f"num_classes={config.num_classes}, e.g. (5, 10) for 50 classes; "
-                         "or () for one embedding table.")
+                         "or None for one embedding table.")
     chain = levels(config)
     temporal = {lv.temporal_dim for lv in chain}
     if len(temporal) != 1:

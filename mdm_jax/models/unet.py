@@ -186,7 +186,7 @@ class UNet(nn.Module):
 
     @property
     def class_factors(self):
-        return tuple(self.model.get("class_factors", ()))
+        return tuple(self.model.get("class_factors") or ())
 
     def _label_embedding(self, class_labels):
         """Embedding of labels (-1 or num_classes: no label) [B, temporal_dim]."""
