@@ -114,3 +114,38 @@ def test_ships_a_tokenizer_trained_on_its_captions(built):
 def test_rejects_sizes_it_cannot_make():
     with pytest.raises(ValueError, match="image_size"):
         shapes.builder_config(image_size=2048)
+
+
+def test_easier_variants_simplify_the_same_scenes():
+    """plain_background, centred and upright change only what they name, so a variant's
+    scene i is the default scene i simplified (same shape, colour, size, background)."""
+    for index in range(40):
+        base = shapes_render.sample_scene(5, index, max_objects=1, min_size="large")
+        easy = shapes_render.sample_scene(5, index, max_objects=1, min_size="large",
+                                          plain_background=True, centred=True, upright=True)
+        (b,), (e,) = base.shapes, easy.shapes
+        assert (e.shape, e.colour, e.size, e.radius) == (b.shape, b.colour, b.size, b.radius)
+        assert easy.background == base.background and easy.label == base.label
+        assert easy.texture == "plain" and e.angle == 0.0 and e.cell == (1, 1)
+        assert abs(e.centre[0] - 0.5) <= shapes_render.CELL_JITTER
+        assert "in the centre" in easy.caption
+    pixels = shapes_render.render(easy, 64).astype(int)
+    # A plain background is one tone: the corners (never covered by a centred shape) agree.
+    corners = pixels[[0, 0, -1, -1], [0, -1, 0, -1]]
+    assert np.all(corners == corners[0])
+
+
+def test_variants_get_their_own_name_and_the_defaults_keep_theirs():
+    assert shapes.builder_config(64, 100, 0).name == "64px_100_seed0"
+    easy = shapes.builder_config(64, 100, 0, max_objects=1, min_size="large",
+                                 plain_background=True, centred=True, upright=True)
+    assert easy.name == "64px_100_seed0_max1_largeup_plain_centred_upright"
+    assert easy.variant == dict(max_objects=1, min_size="large", plain_background=True,
+                                centred=True, upright=True)
+
+
+def test_centred_needs_one_shape_a_scene():
+    with pytest.raises(ValueError, match="max_objects=1"):
+        shapes.builder_config(64, 100, 0, centred=True)
+    with pytest.raises(ValueError, match="plain_background must be true or false"):
+        shapes.builder_config(64, 100, 0, plain_background="yes")

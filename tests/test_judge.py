@@ -4,10 +4,13 @@ judges; Judge.load refuses what isn't a judge; train_judge trains and saves a lo
 
 Everything runs in this process on the CPU; the scenes are rendered here (~1 s for 400).
 """
+import importlib.util
+import os
+
 import numpy as np
 import pytest
 
-from mdm_jax.data import shapes_render
+from mdm_jax.data import shapes, shapes_render
 from mdm_jax.evaluate import judge as judge_lib
 from mdm_jax.evaluate import train_judge
 
@@ -28,9 +31,15 @@ def packaged():
 
 @pytest.fixture(scope="module")
 def demo_scenes():
-    """One medium-or-large shape a scene: the demo's data set variant."""
-    return [shapes_render.sample_scene(UNSEEN_SEED, i, max_objects=1, min_size="medium")
-            for i in range(NUM_SCENES)]
+    """The demo's data set variant (configs/demo.py: one large upright shape in the centre
+    of a plain background)."""
+    spec = importlib.util.spec_from_file_location(
+        "demo", os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py"))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    variant = shapes.variant(demo.get_config().data.shapes)
+    assert variant["centred"] and variant["upright"] and variant["plain_background"]
+    return [shapes_render.sample_scene(UNSEEN_SEED, i, **variant) for i in range(NUM_SCENES)]
 
 
 def label_wanted(scenes):

@@ -168,6 +168,37 @@ def test_class_labels_condition_the_output_and_minus_one_is_the_null_label():
     np.testing.assert_array_equal(out(-1)[0], out(5)[0])
 
 
+def test_factored_labels_sum_one_embedding_per_attribute():
+    """class_factors=(2, 3): label 3a + b embeds as (table0[a] + table1[b]) / sqrt(2), so
+    labels sharing an attribute share its row; -1 and num_classes take both null rows."""
+    cfg = small_nested_config(num_classes=6)
+    cfg.class_factors = (2, 3)
+    config_lib.validate(cfg)
+    model = build_model(cfg)
+    params = init_params(cfg, jax.random.key(0), 32)
+    inner = params["inner_unet"]
+    assert "class_emb" not in inner
+    table0 = inner["class_factor_embs_0"]["embedding"]
+    table1 = inner["class_factor_embs_1"]["embedding"]
+    assert table0.shape[0] == 3 and table1.shape[0] == 4  # each with its null row
+
+    def embedding(labels):
+        cond = model.apply({"params": params}, None, None, jnp.array(labels),
+                           method=lambda m, *a: m.condition(*a))
+        return np.asarray(cond.embedding)
+    got = embedding([0, 4, 5, -1, 6])
+    want = np.stack([table0[0] + table1[0], table0[1] + table1[1], table0[1] + table1[2],
+                     table0[2] + table1[3], table0[2] + table1[3]]) / np.sqrt(2)
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_class_factors_must_multiply_to_the_classes():
+    cfg = small_nested_config(num_classes=6)
+    cfg.class_factors = (2, 4)
+    with pytest.raises(ValueError, match="class_factors"):
+        config_lib.validate(cfg)
+
+
 def test_mixed_batch_outer_rows_match_full_batch():
     """With fewer high-resolution rows, those rows compute exactly what a full batch does."""
     f = pu.load("nested_unet_forward")

@@ -126,9 +126,10 @@ def sample_scene(seed, index, max_objects=3, min_size="small", plain_background=
         centre = tuple(float(np.clip((c + 0.5) / 3 + rng.uniform(-CELL_JITTER, CELL_JITTER),
                                      radius + 0.01, 1 - radius - 0.01))
                        for c in (cell[1], cell[0]))
-        candidate = Shape(shape=str(rng.choice(SHAPES)), colour=str(rng.choice(list(COLOURS))),
-                          size=size, radius=radius, centre=centre, cell=cell,
-                          angle=0.0 if upright else float(rng.uniform(0, 2 * np.pi)))
+        shape, colour = str(rng.choice(SHAPES)), str(rng.choice(list(COLOURS)))
+        angle = float(rng.uniform(0, 2 * np.pi))  # drawn even when upright: same stream
+        candidate = Shape(shape=shape, colour=colour, size=size, radius=radius, centre=centre,
+                          cell=cell, angle=0.0 if upright else angle)
         # Shapes never touch, so every object named in the caption is visible whole.
         if all(np.hypot(centre[0] - s.centre[0], centre[1] - s.centre[1])
                > radius + s.radius + 0.02 for s in shapes):
