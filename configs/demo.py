@@ -48,9 +48,9 @@ def get_config(arg=None):
     cfg.diffusion.schedule_type = "cosine"
     # About 5 CPU minutes each: the cheap 32² stage, where shape and colour are decided,
     # then the 64² stage (2.4 times the cost an image) in smaller batches.
-    cfg.stages.res32 = defaults.stage(num_levels=1, steps=1300, global_batch_size=16,
+    cfg.stages.res32 = defaults.stage(num_levels=1, steps=1400, global_batch_size=16,
                                       learning_rate=2e-3, warmup_steps=50)
-    cfg.stages.res64 = defaults.stage(num_levels=2, steps=1000, global_batch_size=8,
+    cfg.stages.res64 = defaults.stage(num_levels=2, steps=1100, global_batch_size=8,
                                       learning_rate=5e-4, warmup_steps=50,
                                       multi_res_weights=(4.0, 1.0))
     cfg.ema_decay = 0.999
