@@ -4,8 +4,8 @@
     python launch/tune_demo.py --output=/tmp/tune_gpu --recipes=posed --steps_scale=3 \
         --config.stages.res32.global_batch_size=128 --config.stages.res64.global_batch_size=128
 
-Each recipe is configs/demo.py with the overrides in RECIPES; `--steps_scale` multiplies
-every stage's steps. The recipes train as concurrent processes (on a GPU: they share it),
+Each recipe is configs/demo.py with the overrides of BASE (the demo before this
+comparison) and then its own in RECIPES; `--steps_scale` multiplies every stage's steps. The recipes train as concurrent processes (on a GPU: they share it),
 each with the real commands, `python -m mdm_jax.train` then `python -m mdm_jax.evaluate`
 once per guidance scale, and one JSON line a (recipe, guidance) is printed and appended
 to OUTPUT/results.jsonl: judged accuracy, shape and colour accuracy, judge-FID.
@@ -20,65 +20,44 @@ import shlex
 import subprocess
 import sys
 
-PLAIN = ["--config.data.shapes.plain_background=True"]
+# The demo before this comparison, at the CPU's step budget: every recipe starts from it,
+# whatever configs/demo.py holds now. class_factors=(50,) is one table of the 50 classes
+# (the same function as None, which a command-line override cannot give).
+BASE = {
+    "data.shapes.min_size": "medium", "data.shapes.plain_background": "False",
+    "data.shapes.centred": "False", "data.shapes.upright": "False",
+    "model.class_factors": "(50,)",
+    "stages.res32.steps": "1200", "stages.res64.steps": "1000",
+}
+PLAIN = {"data.shapes.plain_background": "True"}
+LARGE = {"data.shapes.min_size": "large"}
+POSED = {"data.shapes.centred": "True", "data.shapes.upright": "True"}
+FACTORED = {"model.class_factors": "(5,10)"}
 RECIPES = {
-    # The demo before this comparison, at the CPU's step budget.
-    "current": ["--config.stages.res32.steps=1200", "--config.stages.res64.steps=1000"],
-    "plain": PLAIN + ["--config.stages.res32.steps=1200", "--config.stages.res64.steps=1000"],
-    "plain_large": PLAIN + ["--config.data.shapes.min_size=large",
-                            "--config.stages.res32.steps=1200",
-                            "--config.stages.res64.steps=1000"],
-    "plain_vloss": PLAIN + ["--config.diffusion.loss_target_type=v",
-                            "--config.stages.res32.steps=1200",
-                            "--config.stages.res64.steps=1000"],
-    "plain_lr64": PLAIN + ["--config.stages.res64.learning_rate=2e-3",
-                           "--config.stages.res32.steps=1200",
-                           "--config.stages.res64.steps=1000"],
-    "plain_more32": PLAIN + ["--config.stages.res32.steps=2000",
-                             "--config.stages.res64.steps=300"],
-    "plain_more64": PLAIN + ["--config.stages.res32.steps=600",
-                             "--config.stages.res64.steps=1500"],
-    "plain_b32": PLAIN + ["--config.stages.res32.steps=600",
-                          "--config.stages.res32.global_batch_size=32",
-                          "--config.stages.res64.steps=1000"],
-    "plain_equal_weights": PLAIN + ["--config.stages.res64.multi_res_weights=(1.0,1.0)",
-                                    "--config.stages.res32.steps=1200",
-                                    "--config.stages.res64.steps=1000"],
-    "posed": PLAIN + ["--config.data.shapes.centred=True", "--config.data.shapes.upright=True",
-                      "--config.stages.res32.steps=1200", "--config.stages.res64.steps=1000"],
-    "posed_large": PLAIN + ["--config.data.shapes.centred=True",
-                            "--config.data.shapes.upright=True",
-                            "--config.data.shapes.min_size=large",
-                            "--config.stages.res32.steps=1200",
-                            "--config.stages.res64.steps=1000"],
-    "factored": ["--config.model.class_factors=(5,10)", "--config.stages.res32.steps=1200",
-                 "--config.stages.res64.steps=1000"],
-    "plain_large_factored": PLAIN + ["--config.model.class_factors=(5,10)",
-                                     "--config.data.shapes.min_size=large",
-                                     "--config.stages.res32.steps=1200",
-                                     "--config.stages.res64.steps=1000"],
-    "posed_large_factored": PLAIN + ["--config.model.class_factors=(5,10)",
-                                     "--config.data.shapes.centred=True",
-                                     "--config.data.shapes.upright=True",
-                                     "--config.data.shapes.min_size=large",
-                                     "--config.stages.res32.steps=1200",
-                                     "--config.stages.res64.steps=1000"],
-    "plain_large_vloss_lr64": PLAIN + ["--config.data.shapes.min_size=large",
-                                       "--config.diffusion.loss_target_type=v",
-                                       "--config.stages.res64.learning_rate=2e-3",
-                                       "--config.stages.res32.steps=1200",
-                                       "--config.stages.res64.steps=1000"],
+    "current": {},
+    "plain": PLAIN,
+    "plain_large": {**PLAIN, **LARGE},
+    "plain_vloss": {**PLAIN, "diffusion.loss_target_type": "v"},
+    "plain_lr64": {**PLAIN, "stages.res64.learning_rate": "2e-3"},
+    "plain_more32": {**PLAIN, "stages.res32.steps": "2000", "stages.res64.steps": "300"},
+    "plain_more64": {**PLAIN, "stages.res32.steps": "600", "stages.res64.steps": "1500"},
+    "plain_b32": {**PLAIN, "stages.res32.steps": "600",
+                  "stages.res32.global_batch_size": "32"},
+    "plain_equal_weights": {**PLAIN, "stages.res64.multi_res_weights": "(1.0,1.0)"},
+    "plain_large_vloss_lr64": {**PLAIN, **LARGE, "diffusion.loss_target_type": "v",
+                               "stages.res64.learning_rate": "2e-3"},
+    "posed_large": {**PLAIN, **LARGE, **POSED},
+    "factored": FACTORED,
+    "plain_large_factored": {**PLAIN, **LARGE, **FACTORED},
+    "posed_large_factored": {**PLAIN, **LARGE, **POSED, **FACTORED},
 }
 
 
-def scaled(overrides, scale):
-    out = []
-    for item in overrides:
-        key, value = item.split("=", 1)
-        if key.endswith(".steps"):
-            value = str(int(round(int(value) * scale)))
-        out.append(f"{key}={value}")
-    return out
+def overrides(name, scale):
+    """The recipe's --config flags, every stage's steps multiplied by scale."""
+    values = {**BASE, **RECIPES[name]}
+    return [f"--config.{key}={int(round(int(value) * scale)) if key.endswith('.steps') else value}"
+            for key, value in values.items()]
 
 
 def arm_script(name, args):
@@ -87,7 +66,7 @@ def arm_script(name, args):
     python = sys.executable
     train = [python, "-m", "mdm_jax.train", "--config=configs/demo.py", f"--workdir={workdir}",
              f"--config.data.data_dir={args.data_dir}",
-             *scaled(RECIPES[name], args.steps_scale), *args.extra]
+             *overrides(name, args.steps_scale), *args.extra]
     commands = [train]
     for guidance in args.guidance.split(","):
         commands.append([python, "-m", "mdm_jax.evaluate", f"--checkpoint={workdir}",
@@ -114,12 +93,11 @@ def main():
         sys.exit(f"Unknown recipes {unknown}; known: {', '.join(RECIPES)}.")
     os.makedirs(args.output, exist_ok=True)
     # Every variant's data set once, before the recipes start reading them.
-    variants = {tuple(o for o in scaled(RECIPES[n], 1) if ".shapes." in o) for n in names}
+    variants = {tuple(o for o in overrides(n, 1) if ".shapes." in o) for n in names}
     for variant in variants:
         subprocess.run([sys.executable, "-m", "mdm_jax.data.build", "--data.dataset=shapes",
                         f"--data.data_dir={args.data_dir}", "--data.shapes.image_size=64",
                         "--data.shapes.num_examples=10000", "--data.shapes.max_objects=1",
-                        "--data.shapes.min_size=medium",
                         *(o.replace("--config.", "--", 1) for o in variant)], check=True)
     runs = {}
     for name in names:
