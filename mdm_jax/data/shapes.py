@@ -2,13 +2,13 @@
 
 `build(data_dir, image_size=..., num_examples=..., seed=..., **variant)` writes the tfds
 data set `mdm_shapes/<image_size>px_<num_examples>_seed<seed>[_max<max_objects>]
-[_<min_size>up][_plain]` (array_record files) with a train split and a validation split
-(num_examples // 50 further scenes), and a sentencepiece tokenizer trained on its captions
-(`tokenizer.model` in the data set's folder). Each image size, count, seed and variant
-(`VARIANT_KEYS`: max_objects, min_size, plain_background) is its own tfds BuilderConfig,
-so several variants live side by side in one data_dir. One shape a scene, no small ones,
-on plain backgrounds is the demo's easier variant; the shapes judge
-(mdm_jax.evaluate.judge) reads one-shape scenes of any size and background.
+[_<min_size>up][_plain][_centred][_upright]` (array_record files) with a train split and a
+validation split (num_examples // 50 further scenes), and a sentencepiece tokenizer trained
+on its captions (`tokenizer.model` in the data set's folder). Each image size, count, seed
+and variant (`VARIANT_KEYS`: max_objects, min_size, plain_background, centred, upright)
+is its own tfds BuilderConfig, so several variants live side by side in one data_dir. One
+large upright shape in the centre of a plain background is the demo's variant; the shapes
+judge (mdm_jax.evaluate.judge) reads one-shape scenes of every size and variant.
 """
 import dataclasses
 import functools

@@ -237,6 +237,7 @@ def encode_png(pixels):
 def make_example(seed, index, size, **variant):
     """(png bytes, caption, label) of example `index`; what the builder stores.
 
-    variant: sample_scene's options (max_objects, min_size, plain_background)."""
+    variant: sample_scene's options (max_objects, min_size, plain_background, centred,
+    upright)."""
     scene = sample_scene(seed, index, **variant)
     return encode_png(render(scene, size)), scene.caption, scene.label

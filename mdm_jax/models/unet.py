@@ -127,16 +127,15 @@ class UNet(nn.Module):
             # Unit-variance rows (as ADM's label embedding, PyTorch's default): each class
             # is a distinct code about as large as the time embedding from the first step;
             # std 0.02 made it some 50 times smaller, and short runs ignored the label.
+            def table(rows):
+                return nn.Embed(rows, self.level.temporal_dim, dtype=dtype,
+                                embedding_init=nn.with_logical_partitioning(
+                                    nn.initializers.normal(1.0), ("classes", "embed_out")))
             # With class_factors, one such table per attribute (its extra row: dropped).
-            rows = [f + 1 for f in self.class_factors] or [m.num_classes + 1]
-            tables = [nn.Embed(n, self.level.temporal_dim, dtype=dtype,
-                               embedding_init=nn.with_logical_partitioning(
-                                   nn.initializers.normal(1.0), ("classes", "embed_out")))
-                      for n in rows]
             if self.class_factors:
-                self.class_factor_embs = tables
+                self.class_factor_embs = [table(f + 1) for f in self.class_factors]
             else:
-                self.class_emb = tables[0]
+                self.class_emb = table(m.num_classes + 1)
 
     @property
     def dtype(self):
