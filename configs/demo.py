@@ -25,8 +25,7 @@ def get_config(arg=None):
         skip_mid_blocks=True, micro_conditioning="")
     outer.inner = inner
     # The label is shape x colour: one embedding per attribute, so that each shape is learned
-    # from all ten colours' examples (in ten CPU minutes one table per class barely learned
-    # shapes: launch/tune_demo.py, README).
+    # from all ten colours' examples (docs/experiments.md: the demo's recipe).
     cfg.model = model_config.model_config(
         outer, num_classes=len(shapes_render.CLASS_NAMES),
         class_factors=(len(shapes_render.SHAPES), len(shapes_render.COLOURS)))
