@@ -4,7 +4,7 @@ Three stages, 64² -> 256² -> 1024², each grown from the previous; level losse
 16:4:1 and schedules shifted with power 2 (the reference's settings).
 """
 from mdm_jax.models import presets
-from mdm_jax.train import defaults
+from mdm_jax.runs import defaults
 
 
 def get_config(arg=None):

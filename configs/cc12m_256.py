@@ -4,7 +4,7 @@ Stage res64 trains the inner UNet (as cc12m_64); stage res256 grows it and train
 levels on mixed-ratio batches (the outer level on the first 2/3 of each batch).
 """
 from mdm_jax.models import presets
-from mdm_jax.train import defaults
+from mdm_jax.runs import defaults
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Text-to-image 64² on CC12M: the reference's cc12m_64x64 model (461.4M parameters)."""
 from mdm_jax.models import presets
-from mdm_jax.train import defaults
+from mdm_jax.runs import defaults
 
 
 def get_config(arg=None):

@@ -10,7 +10,7 @@ Presets: `configs/demo.py` (default) and `configs/demo.py:smoke` (a few steps, f
 from mdm_jax.data import shapes_render
 from mdm_jax.data.config import get_data_config
 from mdm_jax.models import config as model_config
-from mdm_jax.train import defaults
+from mdm_jax.runs import defaults
 
 
 def get_config(arg=None):
@@ -56,9 +56,9 @@ def get_config(arg=None):
     cfg.log_every = 25
     cfg.checkpoint_every = 200
     cfg.sample_every = 0
-    cfg.sample.num_images = 0  # launch/demo.sh's evaluation writes the samples' grid
-    cfg.sample.steps = 50
-    cfg.sample.guidance_scale = 4.0
+    cfg.sample.num_samples = 0  # launch/demo.sh's evaluation writes the samples' grid
+    cfg.sample.num_steps = 50
+    cfg.sample.guidance = 4.0
 
     if arg == "smoke":
         cfg.data.shapes.num_examples = 256
@@ -68,8 +68,8 @@ def get_config(arg=None):
         cfg.stages.res64.global_batch_size = 8
         cfg.log_every = 2
         cfg.checkpoint_every = 2
-        cfg.sample.num_images = 2
-        cfg.sample.steps = 2
+        cfg.sample.num_samples = 2
+        cfg.sample.num_steps = 2
     elif arg:
         raise ValueError(f"Unknown demo preset {arg!r}; use configs/demo.py or :smoke.")
     return cfg

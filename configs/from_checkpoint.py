@@ -8,7 +8,7 @@
 The argument is the run directory (holding checkpoints/<stage>/<step>); --config.*
 overrides apply on top, as with any config file.
 """
-from mdm_jax.train.checkpoint import saved_run_config
+from mdm_jax.runs.checkpoints import saved_run_config
 
 
 def get_config(run_dir):

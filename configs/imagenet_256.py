@@ -1,6 +1,6 @@
 """Class-conditional ImageNet 256²: a 256² level around the 64² UNet, grown from imagenet_64."""
 from mdm_jax.models import presets
-from mdm_jax.train import defaults
+from mdm_jax.runs import defaults
 
 
 def get_config(arg=None):

@@ -1,6 +1,6 @@
 """Class-conditional ImageNet 64²: the 64² UNet of the cc12m models with a class embedding."""
 from mdm_jax.models import presets
-from mdm_jax.train import defaults
+from mdm_jax.runs import defaults
 
 
 def get_config(arg=None):

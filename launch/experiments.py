@@ -15,12 +15,14 @@ the demo's guidance, every class in turn) and the shapes judge scores them (accu
 shape and colour, judge-FID against the data set). Arms run as concurrent processes on one
 GPU (their step times would be distorted), so training seconds are measured afterwards:
 each distinct stage program alone for --timing_steps steps (progressive's two stages, the
-single UNet); a run's clock is its steps times those step times. Writes OUTPUT/results.jsonl (one line per evaluation) and OUTPUT/timing.json;
+single UNet); a run's clock is its steps times those step times. Writes
+OUTPUT/results.jsonl (one line per evaluation) and OUTPUT/timing.json;
 launch/plot_experiments.py makes the curves and the table.
 """
 import argparse
 import json
 import os
+import runpy
 import subprocess
 import sys
 
@@ -32,11 +34,10 @@ ARMS = ("progressive", "nested", "single", "no_nested_loss", "progressive_seed1"
 
 def arm_config(arm, args, steps=None, eval_every=None):
     """The demo config changed into one arm (steps: override every stage's steps)."""
-    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
-    import demo  # noqa: PLC0415 (configs/ is not a package)
     from mdm_jax.models import config as model_config  # noqa: PLC0415
 
-    cfg = demo.get_config()
+    demo = runpy.run_path(os.path.join(os.path.dirname(__file__), "..", "configs", "demo.py"))
+    cfg = demo["get_config"]()
     cfg.seed = 1 if arm.endswith("_seed1") else 0
     kind = arm.removesuffix("_seed1")
     cfg.data.data_dir = args.data_dir
@@ -46,14 +47,14 @@ def arm_config(arm, args, steps=None, eval_every=None):
                            centred=False, upright=False)
     cfg.model.class_factors = None  # one embedding table of the 50 classes, as then
     cfg.data.num_workers = args.workers
-    cfg.sample.num_images = 0
+    cfg.sample.num_samples = 0
     cfg.checkpoint_every = 100_000
     cfg.log_every = 50
     cfg.eval_every = eval_every if eval_every is not None else args.eval_every
     cfg.eval.num_samples = args.eval_samples
     cfg.eval.batch_size = args.eval_samples
     cfg.eval.num_reference = 2000
-    cfg.eval.guidance_scale = 4.0
+    cfg.eval.guidance = 4.0
     # The rates the recorded runs used (docs/experiments.md), whatever the demo's are now.
     high = cfg.stages.res64
     high.steps = steps or args.high_res_steps
@@ -86,10 +87,12 @@ def arm_config(arm, args, steps=None, eval_every=None):
 
 def run_arm(arm, args, workdir, steps=None, eval_every=None):
     from absl import flags  # noqa: PLC0415
-    from mdm_jax.train import loop  # noqa: PLC0415 (jax starts here, not in the parent)
+
+    from mdm_jax.training import loop  # noqa: PLC0415 (jax starts here, not in the parent)
     flags.FLAGS.mark_as_parsed()  # grain's worker processes read absl flags
     config = arm_config(arm, args, steps, eval_every)
     import jax  # noqa: PLC0415
+
     from mdm_jax.models import init_params  # noqa: PLC0415
     n = sum(x.size for x in jax.tree_util.tree_leaves(jax.eval_shape(
         lambda: init_params(config.model, jax.random.key(0), config.data.image_size))))
@@ -165,7 +168,7 @@ def main():
     arms = args.arms.split(",")
     if args.phase in ("all", "train"):
         # The data set is built once, before the arms start reading it.
-        subprocess.run([sys.executable, "-m", "mdm_jax.data.build", "--data.dataset=shapes",
+        subprocess.run([sys.executable, "-m", "mdm_jax.build_data", "--data.dataset=shapes",
                         f"--data.data_dir={args.data_dir}", "--data.shapes.image_size=64",
                         "--data.shapes.num_examples=10000", "--data.shapes.max_objects=1",
                         "--data.shapes.min_size=medium"],

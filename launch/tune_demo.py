@@ -5,7 +5,8 @@
         --config.stages.res32.global_batch_size=128 --config.stages.res64.global_batch_size=128
 
 Each recipe is configs/demo.py with the overrides of BASE (the demo before this
-comparison) and then its own in RECIPES; `--steps_scale` multiplies every stage's steps. The recipes train as concurrent processes (on a GPU: they share it),
+comparison) and then its own in RECIPES; `--steps_scale` multiplies every stage's steps.
+The recipes train as concurrent processes (on a GPU: they share it),
 each with the real commands, `python -m mdm_jax.train` then `python -m mdm_jax.evaluate`
 once per guidance scale, and one JSON line a (recipe, guidance) is printed and appended
 to OUTPUT/results.jsonl: judged accuracy, shape and colour accuracy, judge-FID.
@@ -95,7 +96,7 @@ def main():
     # Every variant's data set once, before the recipes start reading them.
     variants = {tuple(o for o in overrides(n, 1) if ".shapes." in o) for n in names}
     for variant in variants:
-        subprocess.run([sys.executable, "-m", "mdm_jax.data.build", "--data.dataset=shapes",
+        subprocess.run([sys.executable, "-m", "mdm_jax.build_data", "--data.dataset=shapes",
                         f"--data.data_dir={args.data_dir}", "--data.shapes.image_size=64",
                         "--data.shapes.num_examples=10000", "--data.shapes.max_objects=1",
                         *(o.replace("--config.", "--", 1) for o in variant)], check=True)

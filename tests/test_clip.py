@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from mdm_jax.evaluate import clip
+from mdm_jax.evaluation import clip
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 transformers = pytest.importorskip("transformers")

@@ -7,10 +7,11 @@ import os
 import jax
 import pytest
 
-from mdm_jax.models import config as model_config, init_params, presets
+from mdm_jax.models import config as model_config
+from mdm_jax.models import init_params, presets
 from mdm_jax.models.flops import parameter_count
-from mdm_jax.train import loop
-from mdm_jax.train.validate import validate
+from mdm_jax.runs.stages import plan_stages
+from mdm_jax.training.validate import validate
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
 
@@ -40,7 +41,7 @@ EXPERIMENTS = sorted(p for p in glob.glob(os.path.join(CONFIG_DIR, "*.py"))
 def test_every_config_loads_and_plans_its_stages(path):
     cfg = load(os.path.basename(path)[:-3])
     model_config.validate(cfg.model)
-    stages = loop.plan_stages(cfg)
+    stages = plan_stages(cfg)
     assert [s.config.num_levels for s in stages] == list(range(
         stages[0].config.num_levels, stages[0].config.num_levels + len(stages)))
     # The last stage trains the whole model at the data's resolution.

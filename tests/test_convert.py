@@ -10,14 +10,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mdm_jax import sampling_cli
-from mdm_jax.convert import from_reference, release
-from mdm_jax.convert.reference_files import read_state_dict
-from mdm_jax.train import checkpoint as ckpt_lib
-from mdm_jax.train import loop, sharding
-from mdm_jax.train.text_conditioning import TextConditioning, resolve
+from mdm_jax.conditioning.text import TextConditioning
+from mdm_jax.parallel import sharding
+from mdm_jax.reference import from_reference
+from mdm_jax.reference import run_dir as run_dir_lib
+from mdm_jax.reference.files import read_state_dict
+from mdm_jax.runs import checkpoints as ckpt_lib
+from mdm_jax.runs.stages import plan_stages
+from mdm_jax.sampling import generate
 from reference_model import CAPTIONS
 from training_runs import NO_GRIDS, run_to_end
+
+# End to end: real training runs and commands (python -m pytest -m 'not slow' skips them).
+pytestmark = pytest.mark.slow
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 
@@ -41,13 +46,12 @@ def test_pickled_code_beside_the_weights_is_not_run(tmp_path):
 def converted_ema(run_dir):
     """The EMA params `sample` loads from a run directory, on this process's devices."""
     config = ckpt_lib.saved_run_config(run_dir)
-    resolve(config)
-    stage = loop.plan_stages(config)[-1]
+    stage = plan_stages(config)[-1]
     directory = os.path.join(run_dir, "checkpoints", stage.name)
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     text = TextConditioning.create(config, mesh, rules)
-    return config, sampling_cli.load_ema_params(config, stage, directory, 0, text, mesh, rules)
+    return config, generate.load_ema_params(config, stage, directory, 0, text, mesh, rules)
 
 
 def test_convert_command_then_sample_command(reference_model, tmp_path):
@@ -88,7 +92,7 @@ def test_a_converted_model_fine_tunes_from_its_saved_config(reference_model, dat
     """configs/from_checkpoint.py + the training command continue from the converted
     step 0, with another data set, worker count and batch size than the yaml's."""
     files, run_dir = reference_model["dir"], str(tmp_path / "run")
-    release.convert(str(files / "model.yaml"), str(files / "vis_model.npz"), run_dir,
+    run_dir_lib.write_run_dir(str(files / "model.yaml"), str(files / "vis_model.npz"), run_dir,
                     str(files / "t5"))
     run_to_end([sys.executable, "-m", "mdm_jax.train",
                 f"--config=configs/from_checkpoint.py:{run_dir}", f"--workdir={run_dir}",
@@ -106,7 +110,8 @@ def test_a_converted_model_fine_tunes_from_its_saved_config(reference_model, dat
 @pytest.mark.parametrize("name", ["vis_model.safetensors", "vis_model.npz"])
 def test_numpy_formats_convert_to_the_same_params(reference_model, tmp_path, name):
     run_dir, files = str(tmp_path / "run"), reference_model["dir"]
-    release.convert(str(files / "model.yaml"), str(files / name), run_dir, str(files / "t5"))
+    run_dir_lib.write_run_dir(str(files / "model.yaml"), str(files / name), run_dir,
+                              str(files / "t5"))
     _, ema = converted_ema(run_dir)
     _, expected = from_reference(reference_model["unet_config"],
                                  reference_model["state_dict"])
@@ -129,7 +134,7 @@ def test_bad_inputs_name_the_fix(reference_model, tmp_path):
     ]
     for (config_path, checkpoint), error, message in cases:
         with pytest.raises(error, match=message):
-            release.convert(config_path, checkpoint, str(tmp_path / "out"), t5)
-    release.convert(yaml_path, npz, str(tmp_path / "run"), t5)
+            run_dir_lib.write_run_dir(config_path, checkpoint, str(tmp_path / "out"), t5)
+    run_dir_lib.write_run_dir(yaml_path, npz, str(tmp_path / "run"), t5)
     with pytest.raises(FileExistsError, match="another --output"):
-        release.convert(yaml_path, npz, str(tmp_path / "run"), t5)
+        run_dir_lib.write_run_dir(yaml_path, npz, str(tmp_path / "run"), t5)

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from mdm_jax.data import config as data_config
-from mdm_jax.data import counters, image_text, pipeline, records, sample_files, transforms
+from mdm_jax.data import counters, image_text, pipeline, records, transforms
+from mdm_jax.testing import source_files as sample_files
 from mdm_jax.data import tokenizer as tokenizer_lib
 
 SIZE = 16

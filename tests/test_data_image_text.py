@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from mdm_jax.data import config as data_config
-from mdm_jax.data import image_text, pipeline, sample_files
+from mdm_jax.data import image_text, pipeline
+from mdm_jax.testing import source_files as sample_files
 from mdm_jax.data import tokenizer as tokenizer_lib
 
 SIZE = 24
@@ -76,7 +77,7 @@ def test_train_tokenizer_command_then_round_trip(built, tmp_path):
     config, expected = built
     output = tmp_path / "captions.model"
     subprocess.run(
-        [sys.executable, "-m", "mdm_jax.data.train_tokenizer", "--data.dataset=image_text",
+        [sys.executable, "-m", "mdm_jax.train_tokenizer", "--data.dataset=image_text",
          f"--data.data_dir={config.data_dir}", f"--output={output}", "--vocab_size=200"],
         check=True, cwd=REPO, capture_output=True)
     config.tokenizer = str(output)

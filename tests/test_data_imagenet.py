@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from mdm_jax.data import config as data_config
-from mdm_jax.data import imagenet, pipeline, records, sample_files
+from mdm_jax.data import imagenet, pipeline, records
+from mdm_jax.testing import source_files as sample_files
 
 CLASSES = ("n01440764", "n01443537", "n15075141")  # indices 0, 1 and 999
 

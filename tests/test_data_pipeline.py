@@ -186,7 +186,7 @@ def test_config_errors_name_the_fix(base, tmp_path):
         data_config.validate(cfg(base, caption_dropout=1.5))
     with pytest.raises(ValueError, match="no split 'test'.*train, validation"):
         data_config.validate(cfg(base, split="test"))
-    with pytest.raises(ValueError, match="mdm_jax.data.train_tokenizer"):
+    with pytest.raises(ValueError, match="mdm_jax.train_tokenizer"):
         data_config.validate(cfg(base, tokenizer=str(tmp_path / "missing.model")))
     with pytest.raises(ValueError, match="divisible"):
         iterate(cfg(base), batch=6, process_count=4)
@@ -198,7 +198,7 @@ def test_unbuilt_data_set_error_gives_the_command_that_builds_it(base, tmp_path)
     with pytest.raises(ValueError, match="is not built") as error:
         data_config.validate(config)
     command = str(error.value).split("run `")[1].rstrip("`.")
-    assert command.startswith("python -m mdm_jax.data.build --data.dataset=shapes")
+    assert command.startswith("python -m mdm_jax.build_data --data.dataset=shapes")
     # What the message says to run, run: it builds exactly the data set asked for.
     flags = dict(f.split("=", 1) for f in command.split()[3:])
     shapes.build(flags["--data.data_dir"], int(flags["--data.shapes.image_size"]),
@@ -218,6 +218,7 @@ def test_synthetic_source_has_every_field_and_is_deterministic(base):
     assert (batch["token_mask"].sum(1) >= 1).all()
 
 
+@pytest.mark.slow
 def test_worker_processes_give_the_same_records_and_resume_exactly(base):
     """The one test with workers (each takes seconds to start)."""
     config = cfg(base, num_epochs=1)

@@ -12,8 +12,15 @@ import numpy as np
 import pytest
 
 from mdm_jax.diffusion import (
-    DiffusionConfig, as_prediction, dpm_solver_sample, eps_from_x0, initial_noise,
-    respaced_timesteps, sample, solver_coefficients)
+    DiffusionConfig,
+    as_prediction,
+    dpm_solver_sample,
+    eps_from_x0,
+    initial_noise,
+    respaced_timesteps,
+    sample,
+    solver_coefficients,
+)
 
 MU, S = 0.1, 0.25  # |MU| + 4 S < 1: the final clip to [-1, 1] leaves the toy's images alone
 SCALES = (2, 1)

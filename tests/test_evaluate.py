@@ -16,9 +16,12 @@ import pytest
 from PIL import Image
 
 from mdm_jax.data import shapes_render
-from mdm_jax.evaluate import fid
-from mdm_jax.evaluate import judge as judge_lib
+from mdm_jax.evaluation import fid
+from mdm_jax.evaluation import judge as judge_lib
 from training_runs import NO_GRIDS, ROOT, env_with_devices, run_to_end, train_command
+
+# End to end: real training runs and commands (python -m pytest -m 'not slow' skips them).
+pytestmark = pytest.mark.slow
 
 SMOKE = "configs/demo.py:smoke"
 NUM_SAMPLES = 8
@@ -164,7 +167,7 @@ def test_bad_input_gives_one_message_naming_the_fix(case, rendered_folder, tmp_p
         np.savez(weights, foo=np.zeros(3))
         flags = [images, "--labels=0", f"--inception_weights={weights}", output]
         words = ["is not the FID Inception weights file", "unexpected tensors: foo",
-                 "pt_inception-2015-12-05-6726825d.pth", "mdm_jax.evaluate.convert_inception"]
+                 "pt_inception-2015-12-05-6726825d.pth", "mdm_jax.convert_inception"]
     result = run(*flags)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
@@ -182,7 +185,7 @@ def test_evaluation_during_training_logs_judge_scalars(uninterrupted, data_dir, 
     run_to_end(train_command(
         workdir, data_dir, "--config.stages.res64.steps=4", NO_GRIDS,
         "--config.eval_every=2", f"--config.eval.num_samples={NUM_SAMPLES}",
-        f"--config.eval.batch_size={NUM_SAMPLES}", "--config.eval.steps=2",
+        f"--config.eval.batch_size={NUM_SAMPLES}", "--config.eval.num_steps=2",
         "--config.eval.num_reference=16"))
     with open(os.path.join(workdir, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]

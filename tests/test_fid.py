@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from mdm_jax.evaluate import convert_inception, fid, inception
+from mdm_jax.evaluation import convert_inception, fid, inception
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 pytorch_fid_inception = pytest.importorskip("pytorch_fid.inception")
@@ -58,7 +58,7 @@ def weights(tmp_path_factory):
     paths["npz"] = str(directory / "inception_fid.npz")
     convert_inception.convert(paths["pth"], paths["npz"])
     paths["safetensors"] = str(directory / "inception_fid.safetensors")
-    subprocess.run([sys.executable, "-m", "mdm_jax.evaluate.convert_inception",
+    subprocess.run([sys.executable, "-m", "mdm_jax.convert_inception",
                     f"--input={paths['pth']}", f"--output={paths['safetensors']}"], check=True)
     return state, paths
 
@@ -128,7 +128,8 @@ def test_matches_torch_fidelity(weights, params):
 @pytest.mark.parametrize("size", [(5, 7), (64, 64), (299, 299), (300, 517)])
 def test_resizes_as_the_standards_do(size):
     from torch_fidelity.interpolate_compat_tensorflow import (
-        interpolate_bilinear_2d_like_tensorflow1x)
+        interpolate_bilinear_2d_like_tensorflow1x,
+    )
     rng = np.random.default_rng(3)
     images = rng.integers(0, 256, (1, *size, 3), dtype=np.uint8)
     nchw = torch.from_numpy(images).permute(0, 3, 1, 2).float()

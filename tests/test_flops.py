@@ -1,9 +1,14 @@
 """The analytic-by-tracing FLOP count against XLA's cost analysis (CPU counts convs)."""
 import jax
+import pytest
 
-from mdm_jax.models import build_model, config as config_lib, example_inputs, init_params
-from mdm_jax.models.flops import (TRAINING_MULTIPLIER, forward_flops_per_example,
-                                  training_flops_per_example)
+from mdm_jax.models import build_model, example_inputs, init_params
+from mdm_jax.models import config as config_lib
+from mdm_jax.models.flops import (
+    TRAINING_MULTIPLIER,
+    forward_flops_per_example,
+    training_flops_per_example,
+)
 
 
 def small_text_nested_model():
@@ -31,6 +36,7 @@ def xla_forward_flops(cfg, image_size, batch_size, text_length):
     return analysis["flops"] / batch_size
 
 
+@pytest.mark.slow
 def test_flop_count_agrees_with_xla_cost_analysis_within_5_percent():
     cfg = small_text_nested_model()
     ours = forward_flops_per_example(cfg, 64, text_length=16)

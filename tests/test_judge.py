@@ -1,4 +1,4 @@
-"""The shapes judge (mdm_jax.evaluate.judge): the packaged checkpoint reads scenes it never
+"""The shapes judge (mdm_jax.evaluation.judge): the packaged checkpoint reads scenes it never
 saw, at 64² and (resized inside) at 128²; labels and captions map to the attributes it
 judges; Judge.load refuses what isn't a judge; train_judge trains and saves a loadable one.
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mdm_jax.data import shapes, shapes_render
-from mdm_jax.evaluate import judge as judge_lib
-from mdm_jax.evaluate import train_judge
+from mdm_jax.evaluation import judge as judge_lib
+from mdm_jax.evaluation import train_judge
 
 # Neither train_judge.TRAIN_SEED nor HELD_OUT_SEED, nor a data set's default seed (0).
 UNSEEN_SEED = 7
@@ -156,7 +156,7 @@ def test_caption_attributes_refuses_several_shapes():
 
 
 def test_load_refuses_what_is_not_a_judge(tmp_path, packaged):
-    with pytest.raises(FileNotFoundError, match="mdm_jax.evaluate.train_judge"):
+    with pytest.raises(FileNotFoundError, match="mdm_jax.train_judge"):
         judge_lib.Judge.load(str(tmp_path / "missing.npz"))
 
     other = str(tmp_path / "other.npz")
@@ -191,6 +191,7 @@ def test_load_refuses_what_is_not_a_judge(tmp_path, packaged):
     assert judge_lib.Judge.load(path).meta["image_size"] == judge_lib.IMAGE_SIZE
 
 
+@pytest.mark.slow
 def test_train_judge_saves_a_judge_that_loads(tmp_path):
     params, accuracy = train_judge.train(num_train=256, num_held_out=64, steps=3,
                                          batch_size=32, processes=2)

@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 
 from mdm_jax.diffusion import (
-    DiffusionConfig, batch_loss, convert_prediction, from_reference_diffusion, level_batch_sizes,
-    multires_loss, process, sample_loss_noise, schedules)
+    DiffusionConfig,
+    batch_loss,
+    convert_prediction,
+    level_batch_sizes,
+    multires_loss,
+    process,
+    sample_loss_noise,
+    schedules,
+)
+from mdm_jax.reference.diffusion import from_reference_diffusion
 from parity_utils import levels, load, nchw, nhwc, read_json, state_dict
 
 LOSS_FIXTURES = ["loss_nested", "loss_nested2", "loss_nested_mixed"]
@@ -121,8 +129,8 @@ def test_jitted_loss_matches_eager(fixture):
 
 def test_model_loss_matches_reference(fixture):
     """End to end: our NestedUNet built from the fixture's config and reference weights."""
-    from mdm_jax.convert import from_reference
     from mdm_jax.models import build_model
+    from mdm_jax.reference import from_reference
 
     f = fixture.f
     model_config, params = from_reference(read_json(f, "config_json"), state_dict(f))

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import parity_utils as pu
-from mdm_jax.convert import from_reference
-from mdm_jax.models import build_model, config as config_lib, example_inputs, init_params
+from mdm_jax.models import build_model, example_inputs, init_params
+from mdm_jax.models import config as config_lib
+from mdm_jax.reference import from_reference
 
 FORWARD_FIXTURES = ["unet_forward", "unet_forward_lmhead", "nested_unet_forward",
                     "nested2_unet_forward"]
@@ -43,6 +44,7 @@ def test_forward_matches_reference(name):
 
 
 @pytest.mark.parametrize("name", ["unet_forward", "nested_unet_forward"])
+@pytest.mark.slow
 def test_masked_tokens_matter_only_without_masking(name):
     """The reference's own check: perturbing padded tokens changes nothing iff masked."""
     f = pu.load(name)
@@ -60,6 +62,7 @@ def test_masked_tokens_matter_only_without_masking(name):
         assert change > 1e-3
 
 
+@pytest.mark.slow
 def test_bfloat16_activations_stay_close_to_float32():
     """bf16 activations (params stay float32): max error <= 3% of the largest output."""
     f = pu.load("nested2_unet_forward")
@@ -135,6 +138,7 @@ def small_nested_config(**overrides):
     return config_lib.model_config(outer, **overrides)
 
 
+@pytest.mark.slow
 def test_fresh_nested_model_keeps_inner_output_unchanged_by_outer_layers():
     """Zero-initialised adapters: the outer level does not disturb the inner output at init."""
     cfg = small_nested_config(num_classes=5)
@@ -199,6 +203,7 @@ def test_class_factors_must_multiply_to_the_classes():
         config_lib.validate(cfg)
 
 
+@pytest.mark.slow
 def test_mixed_batch_outer_rows_match_full_batch():
     """With fewer high-resolution rows, those rows compute exactly what a full batch does."""
     f = pu.load("nested_unet_forward")

@@ -3,10 +3,14 @@ tiny reference-format model, samples two prompts and shows the grid of every lev
 import os
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 from reference_model import CAPTIONS
 from training_runs import ROOT
+
+# End to end: real training runs and commands (python -m pytest -m 'not slow' skips them).
+pytestmark = pytest.mark.slow
 
 NOTEBOOK = os.path.join(ROOT, "notebooks", "sample.ipynb")
 

@@ -10,6 +10,9 @@ from PIL import Image
 
 from training_runs import ROOT, env_with_devices, run_to_end
 
+# End to end: real training runs and commands (python -m pytest -m 'not slow' skips them).
+pytestmark = pytest.mark.slow
+
 LABELS = "--labels=0,1"
 
 

@@ -11,9 +11,20 @@ import numpy as np
 import pytest
 
 from mdm_jax.diffusion import (
-    DiffusionConfig, as_prediction, denoise_step, eps_from_x0, from_reference_diffusion,
-    guidance_batch, initial_noise, level_shapes, pyramid, respaced_timesteps, sample,
-    step_noise_from_key, threshold_x0)
+    DiffusionConfig,
+    as_prediction,
+    denoise_step,
+    eps_from_x0,
+    guidance_batch,
+    initial_noise,
+    level_shapes,
+    pyramid,
+    respaced_timesteps,
+    sample,
+    step_noise_from_key,
+    threshold_x0,
+)
+from mdm_jax.reference.diffusion import from_reference_diffusion
 from parity_utils import levels, load, nchw, nhwc, read_json, state_dict
 
 F = load("sampler")
@@ -181,8 +192,8 @@ def test_guidance_batch_is_uncond_then_cond(loop):
 
 @functools.lru_cache(maxsize=None)
 def _model():
-    from mdm_jax.convert import from_reference
     from mdm_jax.models import build_model
+    from mdm_jax.reference import from_reference
 
     model_config, params = from_reference(read_json(F, "config_json"), state_dict(F))
     return build_model(model_config), params
@@ -208,6 +219,7 @@ def test_model_step_matches_reference(item):
 
 
 @pytest.mark.parametrize("loop", LOOPS)
+@pytest.mark.slow
 def test_model_loop_matches_reference(loop):
     final = _run_loop(loop, _model_fn(*_model()))
     np.testing.assert_allclose(nchw(final[0]), F[f"{loop}/output"], **LOOP_TOL)
@@ -347,7 +359,7 @@ def test_step_argument_checks():
 def test_starting_noise_is_independent_of_every_step_draw():
     """The sampler's start and its per-step noise come from one key: no step may reuse the
     starting draw (fold_in(key, 1) once fed both)."""
-    from mdm_jax.train.samples import sampler_noise
+    from mdm_jax.sampling.sampler import sampler_noise
     shape, scales = (4, 16, 16, 3), (2, 1)
     x_init, step_noise = sampler_noise(jax.random.key(0), shape, scales)
     for i in range(60):

@@ -16,7 +16,7 @@ from safetensors.numpy import load_file, save_file
 
 from mdm_jax.models import text
 from mdm_jax.models.text import t5
-from mdm_jax.train import sharding
+from mdm_jax.parallel import sharding
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
 transformers = pytest.importorskip("transformers")

@@ -8,13 +8,16 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import ml_dtypes
 import numpy as np
 import pytest
 
+from mdm_jax.conditioning import precompute
+from mdm_jax.conditioning import text as conditioning_text
+from mdm_jax.data import text_embeddings as embeddings
 from mdm_jax.data import tokenizer as tokenizer_lib
 from mdm_jax.models import text
-from mdm_jax.models.text import embeddings, precompute
 from tiny_t5 import write_tiny_t5
 
 torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
@@ -74,8 +77,8 @@ def test_unconditional_embedding_is_the_empty_caption(checkpoint_dir, tmp_path):
     precompute.precompute_embeddings(CAPTIONS[:2], cfg, out, batch_size=2,
                                      storage_dtype="float32")
     embedding, mask = embeddings.unconditional(out)
-    sampler_cfg = text.encoder_config(text.text_encoder_config(kind="precomputed",
-                                                               precomputed_dir=out))
+    sampler_cfg = conditioning_text.precomputed_source_config(
+        text.text_encoder_config(kind="precomputed", precomputed_dir=out))
     expected, expected_mask = direct_encoding(sampler_cfg, [""])
     np.testing.assert_array_equal(mask, expected_mask[0])
     assert mask.sum() == 1  # EOS alone
@@ -102,10 +105,11 @@ def test_precomputed_config_reports_the_stored_encoder(checkpoint_dir, tmp_path)
     out = str(tmp_path / "emb")
     precompute.precompute_embeddings(CAPTIONS[:1], t5_config(checkpoint_dir), out)
     cfg = text.text_encoder_config(kind="precomputed", precomputed_dir=out)
-    assert text.feature_dim(cfg) == 32
+    assert conditioning_text.feature_dim(cfg) == 32
     assert text.load_text_encoder(cfg) == (None, None)
-    assert text.tokenizer_path(cfg) == os.path.join(os.path.abspath(checkpoint_dir),
-                                                    "spiece.model")
+    source = conditioning_text.precomputed_source_config(cfg)
+    assert text.tokenizer_path(source) == os.path.join(os.path.abspath(checkpoint_dir),
+                                                       "spiece.model")
     with pytest.raises(FileExistsError, match="already holds embeddings"):
         precompute.precompute_embeddings(CAPTIONS[:1], t5_config(checkpoint_dir), out)
 
@@ -123,7 +127,7 @@ def test_command_line(checkpoint_dir, tmp_path):
     captions.write_text("\n".join(CAPTIONS[:3]) + "\n")
     out = tmp_path / "emb"
     subprocess.run(
-        [sys.executable, "-m", "mdm_jax.models.text.precompute",
+        [sys.executable, "-m", "mdm_jax.precompute_text",
          f"--text.t5.checkpoint_dir={checkpoint_dir}", f"--text.max_length={MAX_LENGTH}",
          f"--captions_file={captions}", f"--output_dir={out}", "--num_shards=2"],
         check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"}, capture_output=True)
@@ -169,6 +173,7 @@ def test_small_encoder_takes_the_default_data_set_vocabulary(shapes_dir):
     from mdm_jax.data import shapes, tokenizer
     path = os.path.join(shapes_dir, shapes.TOKENIZER_FILE)
     cfg = text.text_encoder_config(kind="small", tokenizer=path, max_length=MAX_LENGTH)
-    module = text.build_text_encoder(cfg)
+    module = text.build_text_encoder(
+        conditioning_text.encoder_config(ml_collections.ConfigDict({"text": cfg})))
     assert module.vocab_size == tokenizer.load(path).vocab_size
     assert text.tokenizer_path(cfg) == path

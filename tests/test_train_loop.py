@@ -12,8 +12,20 @@ import subprocess
 
 import pytest
 
-from training_runs import (NO_GRIDS, ROOT, env_with_devices, free_port, losses, run_to_end,
-                           start, train_command, wait_for_step)
+from training_runs import (
+    NO_GRIDS,
+    ROOT,
+    env_with_devices,
+    free_port,
+    losses,
+    run_to_end,
+    start,
+    train_command,
+    wait_for_step,
+)
+
+# End to end: real training runs and commands (python -m pytest -m 'not slow' skips them).
+pytestmark = pytest.mark.slow
 
 
 def test_full_run_trains_both_stages_and_writes_samples(uninterrupted):
@@ -46,14 +58,19 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, data_dir, uninterrupted
         assert resumed[step] == reference[step], step  # bit-identical
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path, data_dir):
+def test_sigterm_saves_the_current_step_and_exits_as_preempted(tmp_path, data_dir):
     workdir = str(tmp_path)
     command = train_command(workdir, data_dir, "--config.stages.res32.steps=500",
                             "--config.checkpoint_every=100")
-    process = start(command)
-    wait_for_step(workdir, 2, process)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=300) == 0
+    console = tmp_path / "console.txt"
+    with open(console, "w") as log:
+        process = start(command, log=log)
+        wait_for_step(workdir, 2, process)
+        process.send_signal(signal.SIGTERM)
+        # Not a finished run's 0 and "Done:": a scheduler can tell it to run again.
+        assert process.wait(timeout=300) == 75
+    assert "Preempted: saved step" in console.read_text()
+    assert not os.path.exists(os.path.join(workdir, "lock"))
     last_logged = max(losses(workdir))
     checkpoints = os.listdir(os.path.join(workdir, "checkpoints", "res32"))
     steps = sorted(int(c) for c in checkpoints if c.isdigit())
@@ -100,10 +117,10 @@ def test_trainable_text_encoder_trains_end_to_end(tmp_path, data_dir):
 
 
 def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninterrupted):
+    from mdm_jax.conditioning.precompute import precompute_embeddings
     from mdm_jax.data import counters, records, sources, transforms
     from mdm_jax.data.config import get_data_config
     from mdm_jax.models import text
-    from mdm_jax.models.text.precompute import precompute_embeddings
     data = get_data_config()
     data.data_dir, data.image_size = data_dir, 64
     data.shapes.image_size, data.shapes.num_examples = 64, 256
@@ -134,23 +151,25 @@ def test_grow_command_puts_the_old_stage_inside_the_new_one(tmp_path, data_dir, 
     import flax
     import jax
     import numpy as np
-    from mdm_jax.grow import grow
-    from mdm_jax.train import checkpoint, loop, sharding, state
-    from mdm_jax.train.text_conditioning import TextConditioning
+
+    from mdm_jax.conditioning.text import TextConditioning
+    from mdm_jax.parallel import sharding
+    from mdm_jax.runs import checkpoints, growth
+    from mdm_jax.runs.stages import fresh_params, plan_stages
     config = smoke_config()
     config.data.data_dir = data_dir
     old_dir = os.path.join(uninterrupted, "checkpoints", "res32")
-    new_dir = grow(config, "res64", old_dir, str(tmp_path))
+    new_dir = growth.write_grown_checkpoint(config, "res64", old_dir, str(tmp_path))
 
-    stages = loop.plan_stages(config)
+    stages = plan_stages(config)
     mesh = sharding.make_mesh(config.mesh)
     rules = sharding.DEFAULT_RULES
     text = TextConditioning.create(config, mesh, rules)
-    old_params, old_ema = loop.previous_params(old_dir, stages[0], text, mesh, rules, 0)
-    new_target = state.abstract_with_shardings(
-        lambda: {"params": loop._fresh_params(stages[1], text, 0),
-                 "ema_params": loop._fresh_params(stages[1], text, 0)}, mesh, rules)
-    new, step = checkpoint.restore_params(new_dir, new_target)
+    old_params, old_ema = growth.previous_params(old_dir, stages[0], text, mesh, rules, 0)
+    new_target = sharding.abstract_with_shardings(
+        lambda: {"params": fresh_params(stages[1], text, 0),
+                 "ema_params": fresh_params(stages[1], text, 0)}, mesh, rules)
+    new, step = checkpoints.restore_params(new_dir, new_target)
     assert step == 0
     for old, grown in ((old_params, new["params"]), (old_ema, new["ema_params"])):
         flat_old = flax.traverse_util.flatten_dict(jax.device_get(old["unet"]))
@@ -160,8 +179,9 @@ def test_grow_command_puts_the_old_stage_inside_the_new_one(tmp_path, data_dir, 
             np.testing.assert_array_equal(flat_old[key], flat_new[key])
     # Growing from a checkpoint of the wrong stage names the mismatch.
     with pytest.raises(ValueError, match=r"stage 'res64' with 2 level\(s\).*needs one with 1"):
-        grow(config, "res64", os.path.join(uninterrupted, "checkpoints", "res64"),
-             str(tmp_path / "again"))
+        growth.write_grown_checkpoint(
+            config, "res64", os.path.join(uninterrupted, "checkpoints", "res64"),
+            str(tmp_path / "again"))
 
 
 def test_resume_with_other_worker_count_names_the_fix(uninterrupted, data_dir):

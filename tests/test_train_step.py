@@ -6,10 +6,14 @@ import numpy as np
 import pytest
 
 from mdm_jax import diffusion
-from mdm_jax.models import build_model, config as config_lib, init_params
-from mdm_jax.train import growth, sharding, state as state_lib
-from mdm_jax.train.step import make_train_step
-from mdm_jax.train.defaults import base_config
+from mdm_jax.models import build_model, init_params
+from mdm_jax.models import config as config_lib
+from mdm_jax.parallel import sharding
+from mdm_jax.runs import growth
+from mdm_jax.runs import state as state_lib
+from mdm_jax.runs.defaults import base_config
+from mdm_jax.runs.stages import stage_model_config
+from mdm_jax.training.step import make_train_step
 
 IMAGE = 16
 
@@ -42,7 +46,7 @@ def setup_step(model_cfg, mesh, mixed_ratio=None):
     rules = sharding.DEFAULT_RULES
     make_boxed = lambda: state_lib.state_from_params(
         {"unet": init_params(model_cfg, jax.random.key(0), IMAGE, boxed=True)}, optimizer)
-    state, shardings = state_lib.create_sharded(make_boxed, mesh, rules)
+    state, shardings = sharding.create_sharded(make_boxed, mesh, rules)
     step = make_train_step(build_model(model_cfg), diff, config_lib.nest_scales(model_cfg),
                            optimizer, lr_fn, ema_decay=0.99)
     jitted = jax.jit(step, donate_argnums=0,
@@ -63,6 +67,7 @@ def test_mesh_from_config_names_the_fix():
         sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
 
 
+@pytest.mark.slow
 def test_params_are_sharded_over_fsdp():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
     state, _ = setup_step(tiny_model(), mesh)
@@ -74,6 +79,7 @@ def test_params_are_sharded_over_fsdp():
     assert conv_out.sharding.spec == jax.sharding.PartitionSpec(None, None, None, None)
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device():
     """float32, one step, on a 2x4 data x fsdp mesh vs one device (mixed-ratio batch)."""
     mixed_ratio = (1.0, 1.0)
@@ -93,6 +99,7 @@ def test_sharded_step_equals_single_device():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_step_compiles_once_and_skips_non_finite_updates():
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
     state, step = setup_step(tiny_model(), mesh)
@@ -112,9 +119,10 @@ def test_step_compiles_once_and_skips_non_finite_updates():
     assert step._cache_size() == 1
 
 
+@pytest.mark.slow
 def test_growth_keeps_old_params_and_lower_outputs():
     full = tiny_model()
-    small_cfg = growth.stage_model_config(full, 1)
+    small_cfg = stage_model_config(full, 1)
     old = init_params(small_cfg, jax.random.key(1), IMAGE // 2)
     # Give the old model non-trivial output layers so equality means something.
     old = jax.tree_util.tree_map(lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)),
@@ -141,7 +149,7 @@ def test_growth_keeps_old_params_and_lower_outputs():
 
 def test_growth_refuses_a_mismatched_checkpoint():
     full = tiny_model()
-    other = growth.stage_model_config(tiny_model(), 1)
+    other = stage_model_config(tiny_model(), 1)
     other.unet.resolution_channels = [32, 64]
     old = init_params(other, jax.random.key(1), IMAGE // 2)
     with pytest.raises(ValueError, match=r"does not fit the new model's inner UNet at"):

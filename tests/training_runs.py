@@ -13,7 +13,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ["--config.stages.res32.steps=6", "--config.stages.res64.steps=3"]
 # For runs that check losses or checkpoints only: no sample grids to compile and draw.
-NO_GRIDS = "--config.sample.num_images=0"
+NO_GRIDS = "--config.sample.num_samples=0"
 
 
 def train_command(workdir, data_dir, *extra):

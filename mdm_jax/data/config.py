@@ -23,7 +23,7 @@ def get_data_config():
     c.max_image_pixels = 64_000_000  # larger images (after JPEG draft scaling) are skipped
     c.tokenizer = ""  # sentencepiece model; '' = the data set's own (shapes ships one)
     c.max_token_length = 128
-    # Precomputed text embeddings (python -m mdm_jax.models.text.precompute) read instead of
+    # Precomputed text embeddings (python -m mdm_jax.conditioning.precompute) read instead of
     # tokens; '' = tokenise. Training sets it from text.precomputed_dir.
     c.text_embeddings_dir = ""
     c.caption_overflow = "truncate"
@@ -87,7 +87,7 @@ def validate(config):
         return config
     info = sources.describe(config)  # raises naming the build command if not built
     if info.has_caption and not os.path.isfile(info.tokenizer):
-        train = (f"`python -m mdm_jax.data.train_tokenizer {sources.flags(config)} "
+        train = (f"`python -m mdm_jax.train_tokenizer {sources.flags(config)} "
                  "--output=PATH`")
         if config.tokenizer:
             raise ValueError(

@@ -20,7 +20,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from mdm_jax.data import config as config_lib
 from mdm_jax.data import counters, sources, transforms
-from mdm_jax.models.text import embeddings as text_embeddings
+from mdm_jax.data import text_embeddings
 
 COUNTERS = "counters"
 # SkipBadRecords gives up (with an error naming the counts) after this many skipped

@@ -8,7 +8,7 @@ on its captions (`tokenizer.model` in the data set's folder). Each image size, c
 and variant (`VARIANT_KEYS`: max_objects, min_size, plain_background, centred, upright)
 is its own tfds BuilderConfig, so several variants live side by side in one data_dir. One
 large upright shape in the centre of a plain background is the demo's variant; the shapes
-judge (mdm_jax.evaluate.judge) reads one-shape scenes of every size and variant.
+judge (mdm_jax.evaluation.judge) reads one-shape scenes of every size and variant.
 """
 import dataclasses
 import functools

@@ -51,7 +51,7 @@ def flags(config):
 
 
 def build_command(config):
-    return f"python -m mdm_jax.data.build {flags(config)}"
+    return f"python -m mdm_jax.build_data {flags(config)}"
 
 
 def _is_built(builder):

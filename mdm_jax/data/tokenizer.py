@@ -23,12 +23,12 @@ class Tokenizer:
             raise FileNotFoundError(
                 f"No tokenizer model at {self.path}: point data.tokenizer at a sentencepiece "
                 "model (T5's spiece.model works) or train one with "
-                "`python -m mdm_jax.data.train_tokenizer --data.dataset=... --output=PATH`.")
+                "`python -m mdm_jax.train_tokenizer --data.dataset=... --output=PATH`.")
         self._sp = spm.SentencePieceProcessor(model_file=self.path)
         self.eos_id = self._sp.eos_id()
         if self.eos_id < 0:
             raise ValueError(f"Tokenizer {self.path} has no EOS piece; captions need one "
-                             "(train with eos_id set, as mdm_jax.data.train_tokenizer does).")
+                             "(train with eos_id set, as mdm_jax.train_tokenizer does).")
         # A model without a pad piece pads with id 0; the mask marks padding either way.
         self.pad_id = max(self._sp.pad_id(), 0)
 

@@ -12,7 +12,7 @@ import numpy as np
 from absl import logging
 
 from mdm_jax.data import counters, images, records
-from mdm_jax.models.text import embeddings
+from mdm_jax.data import text_embeddings as embeddings
 
 # The record field that carries a precomputed text embedding (see pipeline.WithEmbeddings).
 EMBEDDING = "text_embedding_record"

@@ -1,7 +1,6 @@
 """Diffusion math: noise schedules, the multi-resolution forward process, loss, samplers."""
 from mdm_jax.diffusion.config import (
     DiffusionConfig,
-    from_reference_diffusion,
     level_batch_sizes,
     level_fractions,
 )

@@ -2,7 +2,8 @@
 
 `DiffusionConfig` is a frozen (hashable) dataclass so it can be a static argument of jitted
 functions. Build it from an ml_collections config with `DiffusionConfig.from_dict`, or from
-a reference (ml-mdm) `NestedDiffusionConfig` JSON with `from_reference_diffusion`.
+a reference (ml-mdm) `NestedDiffusionConfig` JSON with
+mdm_jax.reference.diffusion.from_reference_diffusion.
 """
 import dataclasses
 from typing import Optional, Tuple
@@ -97,77 +98,3 @@ def level_batch_sizes(mixed_ratio, batch_size, num_levels):
     int() truncates the same way.
     """
     return tuple(int(m * batch_size) for m in level_fractions(mixed_ratio, num_levels))
-
-
-# The reference's enums by name. DDIM as a prediction type means eps, as DDPM does.
-_REFERENCE_PREDICTION = {"DDPM": "eps", "DDIM": "eps", "V_PREDICTION": "v"}
-_REFERENCE_SCHEDULE = {"COSINE": "cosine", "DDPM": "ddpm", "DEEPFLOYD": "deepfloyd"}
-_REFERENCE_THRESHOLD = {"CLIP": "clip", "DYNAMIC": "dynamic", "NONE": "none"}
-
-
-def _parse_ratio(text):
-    return None if text is None else tuple(float(x) for x in str(text).split(":"))
-
-
-def _reference_choice(field, value, mapping, why_not=None):
-    if value in mapping:
-        return mapping[value]
-    reason = (why_not or {}).get(value, "")
-    raise ValueError(
-        f"Reference {field} {value!r} is not supported{reason}; "
-        f"use one of {', '.join(mapping)}.")
-
-
-def from_reference_diffusion(reference):
-    """Maps a reference `NestedDiffusionConfig` (as JSON: a dict with `sampler_config`).
-
-    Rejects what the reference itself cannot run (its README section 6) and what we do not
-    implement, with the fix in the message, rather than computing something else silently.
-    """
-    sampler = reference["sampler_config"]
-    problems = []
-    if not reference.get("no_use_residual", False):
-        problems.append("no_use_residual: false (the reference's residual path is broken: "
-                        "NameError/shape error); set no_use_residual: true")
-    if sampler.get("rescale_schedule", 1.0) > 1:
-        problems.append("rescale_schedule > 1 (crashes the reference sampler); use 1 and "
-                        "schedule_shifted_power instead")
-    if not sampler.get("schedule_shifted", False):
-        problems.append("schedule_shifted: false (per-level image rescaling is not "
-                        "implemented); use schedule_shifted: true")
-    if reference.get("model_output_scale", 0):
-        problems.append("model_output_scale != 0 (tanh output squashing is not implemented); "
-                        "use 0")
-    if reference.get("multi_res_weights") is not None and not reference.get("use_double_loss"):
-        problems.append("multi_res_weights without use_double_loss (the reference asserts); "
-                        "set use_double_loss: true")
-    if problems:
-        raise ValueError("Unsupported reference diffusion config: " + "; ".join(problems) + ".")
-
-    prediction = _reference_choice(
-        "prediction_type", sampler["prediction_type"], _REFERENCE_PREDICTION)
-    loss_target = sampler.get("loss_target_type")
-    loss_target = prediction if loss_target is None else _reference_choice(
-        "loss_target_type", loss_target, _REFERENCE_PREDICTION)
-    threshold = _reference_choice(
-        "threshold_function", sampler.get("threshold_function", "CLIP"), _REFERENCE_THRESHOLD,
-        {"DYNAMIC_IF": " (its cap of 1.5 on the threshold is not implemented)"})
-    schedule = _reference_choice(
-        "schedule_type", sampler["schedule_type"], _REFERENCE_SCHEDULE,
-        {"SIGMOID": " (the reference raises 'Unknown' for it and its helper is broken)"})
-    # use_random_interp, random_downsample, average_downsample, mid_downsample and
-    # reproject_signal do not enter the reference's image loss or sampler: nothing to map.
-    return DiffusionConfig(
-        schedule_type=schedule,
-        num_diffusion_steps=int(sampler["num_diffusion_steps"]),
-        beta_start=float(sampler["beta_start"]),
-        beta_end=float(sampler["beta_end"]),
-        schedule_shifted_power=float(sampler["schedule_shifted_power"]),
-        prediction_type=prediction,
-        loss_target_type=loss_target,
-        use_vdm_loss_weights=bool(reference.get("use_vdm_loss_weights", False)),
-        use_double_loss=bool(reference.get("use_double_loss", False)),
-        multi_res_weights=_parse_ratio(reference.get("multi_res_weights")),
-        mixed_ratio=_parse_ratio(reference.get("mixed_ratio")),
-        threshold=threshold,
-    )

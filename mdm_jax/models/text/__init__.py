@@ -3,7 +3,8 @@
   't5'           frozen T5 v1.1 / Flan-T5 encoder from a Hugging Face directory
                  (`t5.checkpoint_dir`), or random weights of a released size (`t5.preset`)
   'small'        a small encoder trained with the denoiser (its params join the train state)
-  'precomputed'  no encoder at training time: embeddings come from files (precompute.py)
+  'precomputed'  no encoder at training time: embeddings come from files
+                 (python -m mdm_jax.precompute_text; mdm_jax.conditioning reads them)
   'none'         no text
 
 The training loop calls:
@@ -12,7 +13,8 @@ The training loop calls:
   params = init_text_encoder_params(config, rng, boxed=True)  # small: inside the train state
   features = encode(module, params, tokens, mask)             # [B, L, D], padded rows zero
 
-`tokens, mask` come from mdm_jax.data.tokenizer.tokenize with `tokenizer_path(config)`.
+`tokens, mask` come from a sentencepiece tokenizer, `tokenizer_path(config)` (the data
+package tokenises; mdm_jax.conditioning joins the two).
 Every encoder's output is zero at padded positions. docs/text.md has the details.
 """
 import os
@@ -22,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from mdm_jax.models.text import checkpoint, embeddings, small, t5
+from mdm_jax.models.text import hf_weights, small, t5
 
 KINDS = ("none", "t5", "small", "precomputed")
 DTYPES = ("float32", "bfloat16")
@@ -43,11 +45,11 @@ def text_encoder_config(**overrides):
             preset="",          # or random weights of this size: one of t5.PRESETS
         )),
         small=ml_collections.ConfigDict(dict(
-            vocab_size=0,       # 0 = the tokenizer's vocabulary size
+            vocab_size=0,       # 0 = the tokenizer's vocabulary size (filled by conditioning)
             width=512, depth=4, num_heads=8,
             position="learned",  # or 'sinusoidal'
         )),
-        precomputed_dir="",   # output of `python -m mdm_jax.models.text.precompute`
+        precomputed_dir="",   # output of `python -m mdm_jax.precompute_text`
     ))
     for key, value in overrides.items():
         if key not in cfg:
@@ -86,7 +88,7 @@ def validate(config):
                              "or text.small.vocab_size.")
     if config.kind == "precomputed" and not config.precomputed_dir:
         raise ValueError("text.kind='precomputed' needs text.precomputed_dir (made by "
-                         "`python -m mdm_jax.models.text.precompute`).")
+                         "`python -m mdm_jax.precompute_text`).")
     return config
 
 
@@ -101,21 +103,7 @@ def tokenizer_path(config):
         return config.tokenizer
     if config.kind == "t5" and config.t5.checkpoint_dir:
         return os.path.join(config.t5.checkpoint_dir, "spiece.model")
-    if config.kind == "precomputed":
-        return tokenizer_path(encoder_config(config))
     raise ValueError(f"text.kind={config.kind!r} has no tokenizer: set text.tokenizer.")
-
-
-def encoder_config(config):
-    """The config of the encoder that makes this config's embeddings.
-
-    For 'precomputed' it is the one stored with the embeddings, so that sampling encodes
-    prompts (and the empty prompt) with the encoder that training's embeddings came from.
-    """
-    if config.kind != "precomputed":
-        return config
-    stored = embeddings.read_metadata(config.precomputed_dir)["text_config"]
-    return text_encoder_config(**stored)
 
 
 def _t5_config(config):
@@ -125,14 +113,17 @@ def _t5_config(config):
 
 
 def feature_dim(config):
-    """Width D of the features the denoiser receives (its conditioning_feature_dim); 0 = none."""
+    """Width D of the features the denoiser receives (its conditioning_feature_dim); 0 = none.
+
+    A 'precomputed' width is stored with the embeddings (mdm_jax.conditioning reads it)."""
     validate(config)
     if config.kind == "t5":
         return _t5_config(config).d_model
     if config.kind == "small":
         return config.small.width
     if config.kind == "precomputed":
-        return embeddings.read_metadata(config.precomputed_dir)["width"]
+        raise ValueError("text.kind='precomputed': the width is stored with the embeddings; "
+                         "read it with mdm_jax.conditioning.text.feature_dim.")
     return 0
 
 
@@ -149,16 +140,13 @@ def build_text_encoder(config):
                             attention_impl=config.attention_impl)
     if config.kind == "small":
         s = config.small
-        vocab_size = s.vocab_size or _tokenizer_vocab_size(tokenizer_path(config))
-        return small.SmallTextEncoder(vocab_size, config.max_length, s.width, s.depth,
+        if not s.vocab_size:
+            raise ValueError("text.small.vocab_size is 0: set it, or build the encoder from "
+                             "mdm_jax.conditioning.text.encoder_config(config), which reads "
+                             "it from the tokenizer.")
+        return small.SmallTextEncoder(s.vocab_size, config.max_length, s.width, s.depth,
                                       s.num_heads, s.position, dtype)
     return None
-
-
-def _tokenizer_vocab_size(path):
-    # Imported on use: the data package (which owns tokenization) may import this one.
-    from mdm_jax.data import tokenizer
-    return tokenizer.load(path).vocab_size
 
 
 def example_inputs(config, batch_size=1):
@@ -184,7 +172,7 @@ def abstract_params(config):
 def load_text_encoder(config, rng=None, shardings=None):
     """(module, params) ready for `encode`; (None, None) for 'none' and 'precomputed'.
 
-    't5' with a checkpoint loads it (every encoder tensor checked, see checkpoint.py);
+    't5' with a checkpoint loads it (every encoder tensor checked, see hf_weights.py);
     otherwise params are random (from `rng`, default key 0). `shardings`: a tree of
     NamedShardings matching the params (e.g. from `abstract_params` and the training
     rules); each process then writes only the shards its devices own, so no device holds
@@ -195,7 +183,7 @@ def load_text_encoder(config, rng=None, shardings=None):
         return None, None
     if config.kind == "t5" and config.t5.checkpoint_dir:
         abstract = nn.unbox(abstract_params(config))
-        host = checkpoint.load_params(config.t5.checkpoint_dir, abstract, jnp.dtype(config.dtype))
+        host = hf_weights.load_params(config.t5.checkpoint_dir, abstract, jnp.dtype(config.dtype))
         if shardings is None:
             return module, jax.tree_util.tree_map(jnp.asarray, host)
         return module, jax.tree_util.tree_map(
@@ -213,5 +201,5 @@ def encode(module, params, tokens, mask):
 
 
 __all__ = ["KINDS", "text_encoder_config", "validate", "is_trainable", "tokenizer_path",
-           "encoder_config", "feature_dim", "build_text_encoder", "example_inputs",
+           "feature_dim", "build_text_encoder", "example_inputs",
            "init_text_encoder_params", "abstract_params", "load_text_encoder", "encode"]

@@ -1,0 +1,161 @@
+"""How a training config's text encoder meets its data, its denoiser and its sampler.
+
+The `text` section is the one source of the text settings. This module derives what the
+others need from it, without writing into them: the data pipeline's tokenizer, caption
+length and precomputed embeddings (set in a copy of the data config; setting them in
+config.data as well is refused), the denoiser's feature width (checked against
+model.conditioning_feature_dim), and the encoder itself. `TextConditioning`
+holds the encoder (frozen T5 params, or a trainable one's init) and gives the train step
+its `text_fn` and the sampler its prompt encodings.
+"""
+import dataclasses
+from typing import Any, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from mdm_jax.data import sources as data_sources
+from mdm_jax.data import text_embeddings
+from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.config import get_data_config
+from mdm_jax.models import text as text_lib
+from mdm_jax.parallel import sharding
+
+
+def encoder_config(config):
+    """A copy of config.text with what it leaves to the data filled in: a small
+    encoder's tokenizer (default: the data set's own) and vocabulary size (default: the
+    tokenizer's). The copy is what the encoder is built from; config is unchanged."""
+    text = config.text.copy_and_resolve_references()
+    if text.kind == "small":
+        if not text.tokenizer:
+            text.tokenizer = data_sources.describe(config.data).tokenizer
+        if not text.small.vocab_size:
+            text.small.vocab_size = tokenizer_lib.load(text.tokenizer).vocab_size
+    return text
+
+
+def precomputed_source_config(text):
+    """For text.kind='precomputed': the config of the encoder the embeddings came from
+    (stored with them), so that sampling encodes prompts, and the empty prompt, with it."""
+    stored = text_embeddings.read_metadata(text.precomputed_dir)["text_config"]
+    return text_lib.text_encoder_config(**stored)
+
+
+def feature_dim(text):
+    """Width of the features the denoiser receives; 0 = none."""
+    if text.kind == "precomputed":
+        text_lib.validate(text)
+        return text_embeddings.read_metadata(text.precomputed_dir)["width"]
+    return text_lib.feature_dim(text)
+
+
+# Data keys that a text-conditioned config's `text` section decides.
+TEXT_DATA_KEYS = {"tokenizer": "text.tokenizer", "max_token_length": "text.max_length",
+                  "text_embeddings_dir": "text.precomputed_dir"}
+
+
+def check_text(config):
+    """Validates the text section, that the model takes its features' width, and that
+    config.data leaves the text settings to it."""
+    text_lib.validate(config.text)
+    if config.text.kind == "none":
+        return
+    defaults = get_data_config()
+    for key, owner in TEXT_DATA_KEYS.items():
+        if config.data[key] != defaults[key]:
+            raise ValueError(
+                f"data.{key}={config.data[key]!r} is set, but with text.kind="
+                f"{config.text.kind!r} the text section decides it: set {owner} instead "
+                f"and leave data.{key} at its default.")
+    width = feature_dim(config.text)
+    if config.model.conditioning_feature_dim != width:
+        raise ValueError(
+            f"model.conditioning_feature_dim={config.model.conditioning_feature_dim} but the "
+            f"text encoder ({config.text.kind}) gives {width}-wide features: set "
+            f"config.model.conditioning_feature_dim={width}.")
+
+
+def data_config_with_text(data_config, config):
+    """A copy of data_config reading captions as config's text encoder needs them."""
+    data = data_config.copy_and_resolve_references()
+    text = config.text
+    if text.kind == "none":
+        return data
+    data.max_token_length = text.max_length
+    if text.kind == "precomputed":
+        data.text_embeddings_dir = text.precomputed_dir
+    else:
+        data.tokenizer = text_lib.tokenizer_path(encoder_config(config))
+    return data
+
+
+def no_text(trainable, frozen, batch):
+    """Text conditioning for models without text: nothing."""
+    return None, None
+
+
+def precomputed_text(trainable, frozen, batch):
+    """Text conditioning read from the batch (embeddings computed ahead of training)."""
+    return batch["text_embeddings"], batch["token_mask"]
+
+
+@dataclasses.dataclass
+class TextConditioning:
+    config: Any                               # encoder_config(...) of the run's config
+    module: Optional[Any] = None
+    frozen_params: Optional[Any] = None       # a frozen encoder's params, sharded
+
+    @classmethod
+    def create(cls, config, mesh, rules):
+        check_text(config)
+        text = encoder_config(config)
+        if text.kind != "t5":
+            return cls(text, text_lib.build_text_encoder(text))
+        shardings = sharding.tree_shardings(text_lib.abstract_params(text), mesh, rules)
+        module, params = text_lib.load_text_encoder(text, shardings=shardings)
+        return cls(text, module, params)
+
+    @property
+    def trainable(self):
+        return text_lib.is_trainable(self.config)
+
+    def init_boxed(self, rng):
+        """A trainable encoder's fresh params (boxed), which join the train state."""
+        return text_lib.init_text_encoder_params(self.config, rng, boxed=True)
+
+    def text_fn(self):
+        """The train step's text_fn(trainable_params, frozen_params, batch)."""
+        kind, module = self.config.kind, self.module
+        if kind == "none":
+            return no_text
+        if kind == "precomputed":
+            return precomputed_text
+
+        def encode(trainable, frozen, batch):
+            params = trainable["text"] if self.trainable else frozen
+            features = text_lib.encode(module, params, batch["tokens"], batch["token_mask"])
+            return features, batch["token_mask"]
+        return encode
+
+    def encode_prompts(self, params, prompts):
+        """(features, mask) of prompts for sampling; '' is the unconditional input.
+
+        A model trained on precomputed embeddings samples with the encoder they came from
+        (stored with them), loaded on first use.
+        """
+        encoder = self.config
+        if encoder.kind == "precomputed":
+            encoder = precomputed_source_config(self.config)
+            if self.module is None:
+                self.module, self.frozen_params = text_lib.load_text_encoder(encoder)
+            params = self.frozen_params
+        else:
+            params = params["text"] if self.trainable else self.frozen_params
+        tokens, mask = tokenizer_lib.tokenize(prompts, text_lib.tokenizer_path(encoder),
+                                              encoder.max_length)
+        module = self.module
+        features = jax.jit(lambda p, t, m: text_lib.encode(module, p, t, m))(
+            params, jnp.asarray(tokens), jnp.asarray(mask))
+        return features.astype(jnp.float32), jnp.asarray(np.asarray(mask))

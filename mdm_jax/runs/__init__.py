@@ -1,0 +1,1 @@
+"""What a run is: its directory layout, checkpoints, train state, stages and growth."""

@@ -1,0 +1,99 @@
+"""A config's training stages: which levels each trains, at what size, from which step.
+
+A stage trains the innermost `num_levels` levels of the configured model at its own
+resolution, batch size and learning rate. Stages run from fewest levels to most; each
+has a name (a key of config.stages) and a global step offset.
+"""
+import dataclasses
+
+import jax
+import ml_collections
+
+from mdm_jax import diffusion
+from mdm_jax.models import config as model_config_lib
+from mdm_jax.models import init_params
+
+
+@dataclasses.dataclass
+class Stage:
+    """Everything static about one stage, derived from the config."""
+    name: str
+    index: int
+    config: ml_collections.ConfigDict       # the stage's entry in config.stages
+    model_config: ml_collections.ConfigDict
+    diffusion: diffusion.DiffusionConfig
+    scales: tuple
+    image_size: int
+    step_offset: int                         # global step of this stage's step 0
+
+
+def stage_model_config(model_config, num_levels):
+    """The model of a stage: the innermost `num_levels` levels of the full model."""
+    chain = model_config_lib.levels(model_config)
+    if not 1 <= num_levels <= len(chain):
+        raise ValueError(f"A stage has num_levels={num_levels}; the model has {len(chain)} "
+                         "levels, so use 1 to that.")
+    stage = model_config.copy_and_resolve_references()
+    level = stage.unet
+    for _ in range(len(chain) - num_levels):
+        level = level.inner
+    stage.unet = level
+    return stage
+
+
+def ordered_stage_configs(config):
+    """(name, stage config) pairs from fewest levels to most (ConfigDict sorts by name)."""
+    return sorted(config.stages.items(), key=lambda item: item[1].num_levels)
+
+
+def plan_stages(config):
+    """The stages of `config` in order, with their models, image sizes and step offsets."""
+    full_scales = model_config_lib.nest_scales(config.model)
+    out, offset = [], 0
+    for index, (name, st) in enumerate(ordered_stage_configs(config)):
+        model_cfg = stage_model_config(config.model, st.num_levels)
+        scales = tuple(model_config_lib.nest_scales(model_cfg))
+        image_size = config.data.image_size * scales[0] // full_scales[0]
+        values = dict(config.diffusion)
+        for key in ("multi_res_weights", "mixed_ratio"):
+            if st.get(key) is not None:
+                values[key] = st[key]
+        diff = diffusion.DiffusionConfig.from_dict(values)
+        diff.check_levels(len(scales))
+        out.append(Stage(name, index, st, model_cfg, diff, scales, image_size, offset))
+        offset += st.steps
+    return out
+
+
+def find_stage(stages, name):
+    """The stage called `name`, or an error listing the config's stages."""
+    by_name = {s.name: s for s in stages}
+    if name not in by_name:
+        raise ValueError(f"--stage={name!r} is not in config.stages ({sorted(by_name)}).")
+    return by_name[name]
+
+
+def stage_data_config(config, stage):
+    """The data config at the stage's image size."""
+    data = config.data.copy_and_resolve_references()
+    data.image_size = stage.image_size
+    return data
+
+
+def stage_checkpoint_config(config, stage):
+    """The config saved with a stage's checkpoints: the whole config plus which stage."""
+    saved = config.copy_and_resolve_references()
+    saved.unlock()
+    saved.stage = ml_collections.ConfigDict(dict(
+        name=stage.name, num_levels=stage.config.num_levels, image_size=stage.image_size,
+        process_count=jax.process_count()))
+    return saved
+
+
+def fresh_params(stage, text, seed):
+    """Boxed fresh trainable params: the stage's UNet, and a trainable text encoder."""
+    unet_key, text_key = jax.random.split(jax.random.key(seed))
+    params = {"unet": init_params(stage.model_config, unet_key, stage.image_size, boxed=True)}
+    if text.trainable:
+        params["text"] = text.init_boxed(text_key)
+    return params

@@ -1,0 +1,59 @@
+"""The jitted samplers: DDPM, DDIM or DPM-Solver++(2M) over every level of a model.
+
+Sampling is one jitted program (the whole loop on device), its batch split over the mesh.
+"""
+import jax
+import jax.numpy as jnp
+
+from mdm_jax import diffusion
+from mdm_jax.parallel import sharding
+
+SAMPLERS = ("ddpm", "ddim", "dpm++")
+
+
+def sampler_noise(key, shape, scales):
+    """(starting noise per level, step_noise(i)) from one key, through separate subkeys:
+    the start must not equal any step's draw (step_noise folds in the step index, and
+    fold_in(key, 1) of one key is step 1's draw)."""
+    init_key, step_key = jax.random.split(key)
+    return (diffusion.initial_noise(init_key, shape, scales),
+            diffusion.step_noise_from_key(step_key, shape, scales))
+
+
+def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, eta,
+                 guidance_scale, mesh=None):
+    """A jitted fn(params, key, labels, lm, mask, uncond_lm, uncond_mask) -> levels.
+
+    DDPM, DDIM (with eta) or DPM-Solver++(2M). The starting noise is drawn inside from
+    `key`; with a mesh it is laid out over the batch sharding, so no host array of the
+    batch's size is made. Class labels guide through the null label (-1), text through
+    the negative prompt's encoding.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"Unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
+    scales = tuple(scales)
+    batch = None if mesh is None else sharding.batch_sharding(mesh, 4)
+
+    def run(params, key, labels, lm, mask, uncond_lm, uncond_mask):
+        def denoise(xs, t, lm_, mask_, micros):
+            kwargs = {}
+            if labels is not None:
+                doubled = xs[0].shape[0] != labels.shape[0]
+                kwargs["class_labels"] = (jnp.concatenate([jnp.full_like(labels, -1), labels])
+                                          if doubled else labels)
+            return model.apply({"params": params}, xs, t, lm_, mask_, micros, **kwargs)
+
+        x_init, step_noise = sampler_noise(key, shape, scales)
+        if batch is not None:
+            x_init = [jax.lax.with_sharding_constraint(x, batch) for x in x_init]
+        common = dict(config=diffusion_config, scales=scales, num_steps=num_steps,
+                      lm_outputs=lm, lm_mask=mask, uncond_lm_outputs=uncond_lm,
+                      uncond_lm_mask=uncond_mask, guidance_scale=guidance_scale)
+        if sampler == "dpm++":
+            return diffusion.dpm_solver_sample(denoise, x_init, **common)
+        return diffusion.sample(denoise, x_init, step_noise,
+                                eta=None if sampler == "ddpm" else eta, **common)
+
+    if batch is None:
+        return jax.jit(run)
+    return jax.jit(run, out_shardings=[batch] * len(scales))

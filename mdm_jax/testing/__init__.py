@@ -1,0 +1,1 @@
+"""Helpers for tests and benchmarks that make real input files."""

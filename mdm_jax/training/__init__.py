@@ -1,0 +1,1 @@
+"""The training loop, the train step, logging, preemption and config validation."""

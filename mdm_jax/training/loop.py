@@ -1,0 +1,251 @@
+"""The training loop: stages in order, each started from the one before it.
+
+A stage that has checkpoints resumes from the latest; a stage without any starts by
+growing the previous stage's final checkpoint (runs/growth.py), or from scratch if it is
+the first. The run directory's layout is runs/layout.py's.
+"""
+import dataclasses
+
+import jax
+import numpy as np
+from absl import logging
+from jax.experimental import multihost_utils
+
+from mdm_jax.conditioning.text import TextConditioning, check_text, data_config_with_text
+from mdm_jax.data import pipeline as data_pipeline
+from mdm_jax.data import shapes as shapes_data
+from mdm_jax.data import sources as data_sources
+from mdm_jax.models import build_model
+from mdm_jax.models.flops import training_flops_per_example
+from mdm_jax.parallel import sharding
+from mdm_jax.runs import checkpoints as checkpoints_lib
+from mdm_jax.runs import growth
+from mdm_jax.runs import state as state_lib
+from mdm_jax.runs.layout import RunDir
+from mdm_jax.runs.lock import WorkdirLock
+from mdm_jax.runs.stages import (
+    fresh_params,
+    plan_stages,
+    stage_checkpoint_config,
+    stage_data_config,
+)
+from mdm_jax.sampling import generate, images
+from mdm_jax.training import metrics as metrics_lib
+from mdm_jax.training.evaluation import TrainingEvaluation
+from mdm_jax.training.preemption import PreemptionGuard
+from mdm_jax.training.step import make_train_step
+from mdm_jax.training.validate import validate
+
+# Sample-grid keys are fold_in(key(seed), GRID_KEY_OFFSET + step): far from the training
+# keys fold_in(key(seed), global step), so a grid never reuses a step's noise.
+GRID_KEY_OFFSET = 10_000_000
+
+
+@dataclasses.dataclass
+class TrainResult:
+    metrics: dict          # the last stage's final metrics ({} if nothing was left to do)
+    preempted: bool        # stopped early by SIGTERM, after saving
+    stage: str = None      # the stage it stopped in
+    step: int = None       # the step of that stage it saved
+
+
+def check_data_position_fits(config, saved, checkpoints, step):
+    """The data iterator's saved position is per process and per worker: resuming with
+    other counts can't continue exactly, so it is refused with the fix in the message.
+    A checkpoint without a data position (grown or converted) starts the data afresh."""
+    if not checkpoints.has_data_position(step):
+        return
+    saved_workers = saved["data"]["num_workers"]
+    saved_processes = (saved.get("stage") or {}).get("process_count", jax.process_count())
+    if saved_workers != config.data.num_workers or saved_processes != jax.process_count():
+        raise ValueError(
+            f"Checkpoint {checkpoints.directory}/{step} was saved by {saved_processes} "
+            f"process(es) with data.num_workers={saved_workers}; this run has "
+            f"{jax.process_count()} and {config.data.num_workers}. The data position can "
+            f"only resume exactly with the same counts: pass "
+            f"--config.data.num_workers={saved_workers} on {saved_processes} process(es).")
+
+
+def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, mesh, rules,
+                  data_iterator):
+    """Resume, grow or start fresh; returns (state, state shardings)."""
+    def make_boxed():
+        return state_lib.state_from_params(fresh_params(stage, text, config.seed), optimizer)
+    abstract = sharding.abstract_with_shardings(make_boxed, mesh, rules)
+    step, state = checkpoints.restore_newest_intact(
+        lambda: abstract, data_iterator,
+        check_saved=lambda saved, step: check_data_position_fits(config, saved, checkpoints,
+                                                                 step))
+    if step is not None:
+        logging.info("Stage %s: resumed from step %d.", stage.name, step)
+        return state, jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+    if stage.index > 0:
+        previous = run_dir.stage_checkpoints(stages[stage.index - 1].name)
+        return growth.grown_state(config, stages, stage, text, optimizer, mesh, rules,
+                                  previous)
+    return sharding.create_sharded(make_boxed, mesh, rules)
+
+
+def prepare_data(config):
+    """Generates the shapes data set on first use (it needs no download); other data sets
+    must be built beforehand (python -m mdm_jax.build_data), which validation checks."""
+    if config.data.dataset == "shapes":
+        if jax.process_index() == 0:
+            cfg = config.data.shapes
+            shapes_data.build(data_sources.data_dir(config.data), cfg.image_size,
+                              cfg.num_examples, cfg.seed, **shapes_data.variant(cfg))
+        multihost_utils.sync_global_devices("shapes data set built")
+
+
+def train(config, workdir):
+    """Runs every stage of `config` in workdir (a local folder or a URL); returns a
+    TrainResult. Builds the shapes data if needed, validates the config, writes it to the
+    workdir, and holds the workdir's lock while it runs."""
+    metrics_lib.quiet_library_logs()
+    prepare_data(config)
+    check_text(config)
+    validate(config)
+    run_dir = RunDir(workdir)
+    with WorkdirLock(run_dir) as lock:
+        if jax.process_index() == 0:
+            run_dir.root.mkdir(parents=True, exist_ok=True)
+            run_dir.config_json.write_text(config.to_json_best_effort(indent=2))
+        mesh, rules = sharding.mesh_and_rules(config)
+        stages = plan_stages(config)
+        text = TextConditioning.create(config, mesh, rules)
+        guard = PreemptionGuard()
+        evaluation = TrainingEvaluation(config, run_dir) if config.eval_every else None
+        log = metrics_lib.MetricsLog(run_dir, on_write=lock.refresh)
+        result = TrainResult(metrics={}, preempted=False)
+        try:
+            for stage in stages:
+                stage_run = StageRun(config, run_dir, stages, stage, text, mesh, rules, log)
+                result = stage_run.train(guard, evaluation)
+                if result.preempted:
+                    break
+        finally:
+            log.close()
+    return result
+
+
+class StageRun:
+    """One stage's training: its state, data, jitted step and periodic actions."""
+
+    def __init__(self, config, run_dir, stages, stage, text, mesh, rules, log):
+        self.config, self.run_dir, self.stage, self.text, self.mesh = (
+            config, run_dir, stage, text, mesh)
+        self.log = log
+        st = stage.config
+        self.optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate,
+                                                  st.warmup_steps)
+        self.model = build_model(stage.model_config)
+        self.data_config = data_config_with_text(stage_data_config(config, stage), config)
+        self.data_iterator = data_pipeline.make_iterator(
+            self.data_config, global_batch_size=st.global_batch_size,
+            seed=config.data.seed + stage.index)
+        self.checkpoints = checkpoints_lib.StageCheckpoints(
+            run_dir.stage_checkpoints(stage.name), keep=config.keep_checkpoints)
+        self.state, self.state_shardings = initial_state(
+            config, run_dir, stages, stage, text, self.optimizer, self.checkpoints, mesh,
+            rules, self.data_iterator)
+        self.saved_config = stage_checkpoint_config(config, stage)
+        self.grid_sampler = self.grid_options = None
+
+    def jitted_step(self):
+        st, stage = self.stage.config, self.stage
+        step_fn = make_train_step(
+            self.model, stage.diffusion, stage.scales, self.optimizer,
+            state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps),
+            self.config.ema_decay, text_fn=self.text.text_fn())
+        return jax.jit(step_fn, donate_argnums=0,
+                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
+
+    def train(self, guard, evaluation=None):
+        config, stage, st = self.config, self.stage, self.stage.config
+        start = int(jax.device_get(self.state.step))
+        if start >= st.steps:
+            self.checkpoints.close()
+            return TrainResult(metrics={}, preempted=False)
+        self.log.begin_stage(stage, start)
+        jitted = self.jitted_step()
+        batch_spec = sharding.batch_sharding(self.mesh, 1).spec
+        throughput = metrics_lib.Throughput(
+            training_flops_per_example(stage.model_config, stage.image_size),
+            num_chips=jax.device_count(),
+            peak_flops_per_chip=metrics_lib.peak_flops_per_chip(jax.devices()[0]))
+        base_key = jax.random.key(config.seed)
+        metrics, stop, done = None, False, start
+        for step in range(start, st.steps):
+            host_batch = next(self.data_iterator)
+            self.log.counters.add(host_batch)
+            batch = data_pipeline.to_global_arrays(data_pipeline.model_inputs(host_batch),
+                                                   self.mesh, batch_spec)
+            rng = jax.random.fold_in(base_key, stage.step_offset + step)
+            self.state, metrics = jitted(self.state, batch, rng, self.text.frozen_params)
+            if step == start:
+                # Throughput counts from the end of the first step: compilation isn't training.
+                jax.block_until_ready(metrics)
+                throughput.reset()
+            else:
+                throughput.count(st.global_batch_size)
+            done = step + 1
+            stop = guard.should_stop(sync=done % config.log_every == 0)
+            save = done % config.checkpoint_every == 0 or done == st.steps or stop
+            if done % config.log_every == 0 or save:
+                # Every save is logged, so a resume finds the counters it continues from.
+                self.log.write(stage.step_offset + done,
+                               {**jax.device_get(metrics), **throughput.report()})
+            self.log.advance(1)
+            with throughput.paused():
+                self.periodic_actions(done, save, stop, evaluation)
+            if stop:
+                break
+        self.checkpoints.wait()
+        self.checkpoints.close()
+        final = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+        return TrainResult(metrics=final, preempted=stop, stage=stage.name, step=done)
+
+    def periodic_actions(self, done, save, stop, evaluation):
+        """Checkpoint, sample grid and evaluation, each when due after step `done`."""
+        config, stage = self.config, self.stage
+        if save:
+            self.checkpoints.save(done, self.state, self.saved_config, self.data_iterator,
+                                  force=stop)
+            self.log.message(f"Stage {stage.name}: saved step {done}.")
+        if stop:
+            return
+        final = done == stage.config.steps
+        if config.sample.num_samples and (
+                final or (config.sample_every and done % config.sample_every == 0)):
+            self.write_samples(done)
+        if evaluation and (final or done % config.eval_every == 0):
+            self.log.write(stage.step_offset + done,
+                           evaluation(stage, self.data_config, self.text, self.mesh,
+                                      self.state.ema_params))
+
+    def write_samples(self, step):
+        """A grid of samples from the EMA params, every level side by side, as a PNG and
+        in TensorBoard."""
+        config, stage = self.config, self.stage
+        n = config.sample.num_samples
+        prompts = list(config.sample.prompts) or [""]
+        conditions = (prompts if config.text.kind != "none" else
+                      list(range(stage.model_config.num_classes)))
+        conditions = [conditions[i % len(conditions)] for i in range(n)] if conditions else []
+        guidance = config.sample.guidance
+        if self.grid_sampler is None:
+            # One batch of the grid's size, rounded up to split over the mesh.
+            split = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+            self.grid_options = generate.Options(
+                num_steps=config.sample.num_steps, sampler=config.sample.sampler,
+                eta=config.sample.eta, batch_size=-(-n // split) * split)
+            self.grid_sampler = generate.stage_sampler(stage, self.grid_options, guidance,
+                                                       self.mesh)
+        key = jax.random.fold_in(jax.random.key(config.seed), GRID_KEY_OFFSET + step)
+        levels = generate.sample_levels(stage, self.state.ema_params, self.text, self.mesh,
+                                        conditions, n, self.grid_options, guidance,
+                                        run=self.grid_sampler, key=key)
+        path = self.run_dir.sample_grid(stage.name, step)
+        grid = images.write_grid(path, levels)
+        self.log.image(stage.step_offset + step, f"samples/{stage.name}", grid)
+        self.log.message(f"Wrote {path}")
