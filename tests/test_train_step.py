@@ -60,16 +60,20 @@ def put_batch(batch, mesh):
 
 
 def test_mesh_from_config_names_the_fix():
-    assert sharding.mesh_shape({"data": -1, "fsdp": 4, "tensor": 1}, 8) == (2, 4, 1)
+    assert sharding.mesh_shape({"data": -1, "fsdp": 4}, 8) == (2, 4)
     with pytest.raises(ValueError, match="config.mesh"):
-        sharding.mesh_shape({"data": 3, "fsdp": 2, "tensor": 1}, 8)
+        sharding.mesh_shape({"data": 3, "fsdp": 2}, 8)
     with pytest.raises(ValueError, match="not a multiple of 3"):
-        sharding.mesh_shape({"data": -1, "fsdp": 3, "tensor": 1}, 8)
+        sharding.mesh_shape({"data": -1, "fsdp": 3}, 8)
+    # Configs saved before the tensor axis was dropped still load; asking for it does not.
+    assert sharding.mesh_shape({"data": -1, "fsdp": 4, "tensor": 1}, 8) == (2, 4)
+    with pytest.raises(ValueError, match="tensor parallelism is not implemented"):
+        sharding.mesh_shape({"data": -1, "fsdp": 2, "tensor": 2}, 8)
 
 
 @pytest.mark.slow
 def test_params_are_sharded_over_fsdp():
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
     state, _ = setup_step(tiny_model(), mesh)
     kernel = state.params["unet"]["inner_unet"]["down_blocks_0"]["resnets_0"]["conv1"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
@@ -88,7 +92,7 @@ def test_sharded_step_equals_single_device():
     rng = jax.random.key(7)
     results = []
     for mesh in (sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1]),
-                 sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})):
+                 sharding.make_mesh({"data": 2, "fsdp": 4})):
         state, step = setup_step(model_cfg, mesh, mixed_ratio)
         state, metrics = step(state, put_batch(batch, mesh), rng)
         results.append((jax.device_get(metrics), jax.device_get(state.params)))
@@ -101,7 +105,7 @@ def test_sharded_step_equals_single_device():
 
 @pytest.mark.slow
 def test_step_compiles_once_and_skips_non_finite_updates():
-    mesh = sharding.make_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
     state, step = setup_step(tiny_model(), mesh)
     traces = []
     for i in range(3):
