@@ -15,7 +15,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mdm_jax.parallel import distributed
-from mdm_jax.training import loop
+from mdm_jax.training import loop, metrics
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Where checkpoints, logs and samples go.")
@@ -27,6 +27,7 @@ EXIT_PREEMPTED = 75
 
 def main(argv):
     del argv
+    metrics.quiet_library_logs()
     distributed.initialize_from_flags()
     logging.info("Process %d/%d, %d devices.", jax.process_index(), jax.process_count(),
                  jax.device_count())

@@ -1,5 +1,6 @@
 """Round trip: real JPEG/PNG/WebP files in webdataset shards and a TSV, built with the
-image_text builder and read back exactly through the grain pipeline."""
+image_text builder and read back exactly through the grain pipeline; the build's summary
+of what it skipped."""
 import io
 import os
 import subprocess
@@ -11,8 +12,10 @@ from PIL import Image
 
 from mdm_jax.data import config as data_config
 from mdm_jax.data import image_text, pipeline
-from mdm_jax.testing import source_files as sample_files
+from mdm_jax.data import sources as data_sources
 from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.transforms import TextInputs
+from mdm_jax.testing import source_files as sample_files
 
 SIZE = 24
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -68,7 +71,7 @@ def built(sources, tmp_path_factory):
     config = data_config.get_data_config()
     config.update(dict(dataset="image_text", data_dir=str(tmp_path_factory.mktemp("tfds")),
                        manual_dir=str(manual), image_size=SIZE, caption_dropout=0.0,
-                       max_token_length=24, num_epochs=1, shuffle=False))
+                       num_epochs=1, shuffle=False))
     image_text.build(config.data_dir, config.manual_dir)
     return config, expected
 
@@ -80,10 +83,10 @@ def test_train_tokenizer_command_then_round_trip(built, tmp_path):
         [sys.executable, "-m", "mdm_jax.train_tokenizer", "--data.dataset=image_text",
          f"--data.data_dir={config.data_dir}", f"--output={output}", "--vocab_size=200"],
         check=True, cwd=REPO, capture_output=True)
-    config.tokenizer = str(output)
     tok = tokenizer_lib.load(str(output))
-    batches = list(pipeline.make_iterator(config, global_batch_size=1, process_index=0,
-                                          process_count=1))
+    batches = list(pipeline.make_iterator(
+        config, global_batch_size=1, text=TextInputs(tokenizer=str(output), max_length=24),
+        process_index=0, process_count=1))
     assert len(batches) == len(expected) == 7
     seen = set()
     for batch in batches:
@@ -99,11 +102,49 @@ def test_train_tokenizer_command_then_round_trip(built, tmp_path):
     assert sum(batches[-1]["counters"].values()) == 0
 
 
+def test_captions_without_a_tokenizer_is_an_error_naming_the_fix(built):
+    config, _ = built
+    with pytest.raises(ValueError, match="has captions but text.tokenizer is empty: set it.*"
+                                         "python -m mdm_jax.train_tokenizer"):
+        pipeline.make_iterator(config, global_batch_size=1, text=TextInputs(),
+                               process_index=0, process_count=1)
+
+
+def test_build_ends_with_one_summary_naming_each_skipped_shard(tmp_path, caplog):
+    manual = tmp_path / "manual"
+    manual.mkdir()
+    (manual / "corrupt.tar").write_bytes(b"not a tar file at all" * 100)
+    # In 00002.tar k1 has no caption and k2 no image; 00003.tar, in the range, is missing.
+    sample_files.write_tar(manual / "00002.tar", [
+        ("k0", {"png": sample_files.encode(pixels(7), "PNG"), "txt": "kept"}),
+        ("k1", {"png": sample_files.encode(pixels(8), "PNG")}),
+        ("k2", {"txt": "a caption alone"})])
+    config = data_config.get_data_config()
+    config.update(dict(dataset="image_text", data_dir=str(tmp_path / "tfds"),
+                       manual_dir=str(manual)))
+    config.image_text.sources = "corrupt.tar,{00002..00003}.tar"
+    with caplog.at_level("INFO"):
+        data_sources.build(config)
+    summary = data_sources.build_summary(config)
+    assert summary.skipped and summary.num_examples == {"train": 1}
+    assert summary.build_counters["train"] == {
+        "skipped_missing_shard": 1, "skipped_unreadable_shard": 1,
+        "skipped_missing_caption": 1, "skipped_missing_image": 1}
+    text = str(summary)
+    corrupt, missing = manual / "corrupt.tar", manual / "00003.tar"
+    assert f"{corrupt}: unreadable (ReadError" in text and f"{missing}: missing" in text
+    assert "skipped_missing_caption 1, skipped_missing_image 1" in text
+    # The build logs one message of its own (tfds logs more): the summary, as a warning.
+    logged = [r for r in caplog.records if r.filename == "sources.py"]
+    assert [(r.levelname, r.getMessage()) for r in logged] == [("WARNING", text)]
+    print(text)
+
+
 def test_sources_expand_ranges_and_globs(sources):
     manual, _ = sources
     files, missing = image_text.expand_sources(str(manual), "{00000..00003}.tar, *.tsv")
     assert [os.path.basename(f) for f in files] == ["00000.tar", "00001.tar", "pairs.tsv"]
-    assert missing == 2
+    assert missing == [str(manual / "00002.tar"), str(manual / "00003.tar")]
 
 
 def test_no_sources_is_an_error_naming_the_fix(tmp_path):

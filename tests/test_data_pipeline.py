@@ -1,6 +1,7 @@
-"""The grain pipeline on a tiny shapes set: the batch contract, tokenisation and dropout,
-seeds and epochs, exact resume (get_state/set_state and through Orbax), global arrays,
-config errors, the synthetic source, and one smoke test with worker processes."""
+"""The grain pipeline on a tiny shapes set: the batch contract with and without text,
+tokenisation and dropout, precomputed embeddings, seeds and epochs, exact resume
+(get_state/set_state and through Orbax), global arrays, config errors, the synthetic
+source, and one smoke test with worker processes."""
 import hashlib
 import os
 
@@ -12,10 +13,12 @@ import pytest
 from jax.sharding import PartitionSpec
 
 from mdm_jax.data import config as data_config
-from mdm_jax.data import images, pipeline, shapes
+from mdm_jax.data import images, pipeline, shapes, text_embeddings
 from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.transforms import TextInputs
 
 N = 48
+TEXT = TextInputs(max_length=40)  # the shapes data set's own tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +26,7 @@ def base(tmp_path_factory):
     root = tmp_path_factory.mktemp("tfds")
     shapes.build(str(root), image_size=32, num_examples=N, seed=0, num_processes=1)
     config = data_config.get_data_config()
-    config.update(dict(data_dir=str(root), image_size=32, max_token_length=40))
+    config.update(dict(data_dir=str(root), image_size=32))
     config.shapes.update(dict(image_size=32, num_examples=N))
     return config
 
@@ -35,7 +38,7 @@ def cfg(base, **overrides):
 
 
 def iterate(config, batch=4, **kwargs):
-    kwargs = {"process_index": 0, "process_count": 1, **kwargs}
+    kwargs = {"text": TEXT, "process_index": 0, "process_count": 1, **kwargs}
     return pipeline.make_iterator(config, global_batch_size=batch, **kwargs)
 
 
@@ -77,6 +80,16 @@ def test_batch_contract(base):
     assert set(pipeline.model_inputs(batch)) == set(batch) - {"counters"}
 
 
+def test_without_text_batches_have_no_token_fields_and_captions_are_unread(base):
+    config = cfg(base, num_epochs=1, caption_overflow="filter")
+    batches = list(iterate(config, text=None))
+    assert set(batches[0]) == {"images", "scale", "labels", "counters"}
+    # No caption is filtered, as some are when read with a 20-token limit.
+    assert len(batches) == N // 4 and batches[-1]["counters"]["caption_filtered"] == 0
+    filtered = list(iterate(config, text=TextInputs(max_length=20)))
+    assert filtered[-1]["counters"]["caption_filtered"] > 0
+
+
 def test_tokenize_layout_matches_caption_dropout(base):
     config = cfg(base, caption_dropout=1.0)
     batch = next(iterate(config))
@@ -115,20 +128,20 @@ def test_an_epoch_holds_every_record_once_and_the_next_is_reshuffled(base):
 def test_restored_state_gives_the_same_next_batches(base):
     # Filtering long captions makes the pipeline skip records: their counts, carried in
     # the state, must come back too.
-    config = cfg(base, caption_overflow="filter", max_token_length=20)
-    uninterrupted = iterate(config)
+    config, text = cfg(base, caption_overflow="filter"), TextInputs(max_length=20)
+    uninterrupted = iterate(config, text=text)
     take(uninterrupted, 7)
     state = uninterrupted.get_state()
     expected = take(uninterrupted, 12)  # crosses into the second epoch
     assert expected[-1]["counters"]["caption_filtered"] > 0
-    restored = iterate(config)
+    restored = iterate(config, text=text)
     restored.set_state(state)
     assert_same_batches(take(restored, 12), expected)
 
 
 def test_orbax_checkpoint_resumes_exactly(base, tmp_path):
-    config = cfg(base, caption_overflow="filter", max_token_length=20)
-    iterator = iterate(config)
+    config, text = cfg(base, caption_overflow="filter"), TextInputs(max_length=20)
+    iterator = iterate(config, text=text)
     take(iterator, 3)
     manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
     manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
@@ -136,7 +149,7 @@ def test_orbax_checkpoint_resumes_exactly(base, tmp_path):
     manager.wait_until_finished()
     manager.close()
 
-    restored = iterate(config)
+    restored = iterate(config, text=text)
     manager = ocp.CheckpointManager(tmp_path / "ckpt", item_names=("data",))
     manager.restore(manager.latest_step(),
                     args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(restored)))
@@ -186,10 +199,49 @@ def test_config_errors_name_the_fix(base, tmp_path):
         data_config.validate(cfg(base, caption_dropout=1.5))
     with pytest.raises(ValueError, match="no split 'test'.*train, validation"):
         data_config.validate(cfg(base, split="test"))
-    with pytest.raises(ValueError, match="mdm_jax.train_tokenizer"):
-        data_config.validate(cfg(base, tokenizer=str(tmp_path / "missing.model")))
     with pytest.raises(ValueError, match="divisible"):
         iterate(cfg(base), batch=6, process_count=4)
+
+
+def test_text_input_errors_name_the_fix(base, tmp_path):
+    missing = TextInputs(tokenizer=str(tmp_path / "missing.model"))
+    with pytest.raises(ValueError, match="text.tokenizer .*missing.model' does not exist.*"
+                                         "mdm_jax.train_tokenizer"):
+        iterate(cfg(base), text=missing)
+    with pytest.raises(ValueError, match="text.max_length must be >= 2"):
+        data_config.check_text_inputs(cfg(base), TextInputs(max_length=1))
+    # The shapes data set's own tokenizer gone: rebuilding it brings it back.
+    other = cfg(base, data_dir=str(tmp_path / "tfds"))
+    other.shapes.num_examples = 8
+    folder = shapes.build(other.data_dir, 32, 8, 0, num_processes=1)
+    os.remove(os.path.join(folder, shapes.TOKENIZER_FILE))
+    with pytest.raises(ValueError, match="tokenizer .* is missing: run `python -m "
+                                         "mdm_jax.build_data"):
+        data_config.check_text_inputs(other, TextInputs())
+    assert data_config.check_text_inputs(other, None) is None  # no text, no tokenizer needed
+
+
+def test_precomputed_embeddings_replace_tokens(base, tmp_path):
+    """Example i gets record i's embedding; a dropped caption gets the embedding of ""."""
+    directory, width, length = str(tmp_path / "emb"), 3, 6
+    writer = text_embeddings.Writer(directory, N, width, length, "float32", num_shards=2,
+                                    text_config={})
+    for i in range(N):  # example i: i + 1 tokens (at most `length`), every value i
+        writer.write(i, np.full((min(i, length - 1) + 1, width), i, np.float32))
+    writer.close(np.full((1, width), -1, np.float32))
+    text = TextInputs(max_length=length, embeddings_dir=directory)
+    batches = take(iterate(cfg(base, caption_dropout=0.0, shuffle=False), text=text), 2)
+    batch = batches[1]  # records 4..7
+    assert set(batch) == {"images", "scale", "text_embeddings", "token_mask", "labels",
+                          "counters"}
+    assert batch["text_embeddings"].shape == (4, length, width)
+    np.testing.assert_array_equal(batch["token_mask"].sum(1), [5, 6, 6, 6])
+    assert (batch["text_embeddings"][:, 0, 0] == [4, 5, 6, 7]).all()
+    dropped = next(iterate(cfg(base, caption_dropout=1.0), text=text))
+    assert (dropped["token_mask"].sum(1) == 1).all()
+    assert (dropped["text_embeddings"][:, 0] == -1).all()
+    with pytest.raises(ValueError, match="set text.max_length=6"):
+        iterate(cfg(base), text=TextInputs(max_length=7, embeddings_dir=directory))
 
 
 def test_unbuilt_data_set_error_gives_the_command_that_builds_it(base, tmp_path):
@@ -208,14 +260,15 @@ def test_unbuilt_data_set_error_gives_the_command_that_builds_it(base, tmp_path)
 
 
 def test_synthetic_source_has_every_field_and_is_deterministic(base):
-    config = cfg(base, dataset="synthetic", image_size=16, max_token_length=12)
+    config, text = cfg(base, dataset="synthetic", image_size=16), TextInputs(max_length=12)
     config.synthetic.num_classes = 10
-    a, b = take(iterate(config), 3), take(iterate(config), 3)
+    a, b = take(iterate(config, text=text), 3), take(iterate(config, text=text), 3)
     assert_same_batches(a, b)
     batch = a[0]
     assert batch["images"].shape == (4, 16, 16, 3) and batch["tokens"].shape == (4, 12)
     assert ((batch["labels"] >= 0) & (batch["labels"] < 10)).all()
     assert (batch["token_mask"].sum(1) >= 1).all()
+    assert set(next(iterate(config, text=None))) == {"images", "scale", "labels", "counters"}
 
 
 @pytest.mark.slow
@@ -232,8 +285,9 @@ def test_worker_processes_give_the_same_records_and_resume_exactly(base):
     assert sorted(fingerprints(batches)) == sorted(fingerprints(in_process))
 
     # Decoded (and skipped) in the workers, counted in the batches, resumed exactly.
-    with_workers = cfg(base, num_workers=2, caption_overflow="filter", max_token_length=20)
-    first, second = iterate(with_workers), iterate(with_workers)
+    with_workers, text = cfg(base, num_workers=2, caption_overflow="filter"), TextInputs(
+        max_length=20)
+    first, second = iterate(with_workers, text=text), iterate(with_workers, text=text)
     try:
         take(first, 4)
         second.set_state(first.get_state())

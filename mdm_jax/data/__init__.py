@@ -1,7 +1,9 @@
 """Data: tfds builders (shapes, image_text, imagenet), the grain pipeline, tokenizers.
 
-Entry points: `config.get_data_config()` / `config.validate()`, `pipeline.make_iterator()`,
-`pipeline.to_global_arrays()`, `tokenizer.tokenize()`, `shapes.build()`, and the commands
-`python -m mdm_jax.build_data` and `python -m mdm_jax.train_tokenizer`.
+Entry points: `config.get_data_config()` / `config.validate()`,
+`pipeline.make_iterator(..., text=transforms.TextInputs(...))`,
+`pipeline.to_global_arrays()`, `tokenizer.tokenize()`, `sources.build()` (behind
+`python -m mdm_jax.build_data`), `shapes.build()`, and the tokenizer trainer behind
+`python -m mdm_jax.train_tokenizer`.
 See docs/data.md.
 """

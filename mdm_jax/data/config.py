@@ -1,5 +1,9 @@
 """The data config: defaults (`get_data_config`) and the checks every entrypoint runs
-(`validate`), whose messages name the fix. Keys are documented in docs/data.md.
+(`validate`, and `check_text_inputs` for the text settings the pipeline is given), whose
+messages name the fix. Keys are documented in docs/data.md.
+
+The text settings (tokenizer, caption length, precomputed embeddings) are not data keys:
+they belong to the text encoder, and the pipeline takes them as a `transforms.TextInputs`.
 """
 import os
 
@@ -21,11 +25,6 @@ def get_data_config():
     c.crop = "center"
     c.random_flip = False  # off by default: a flip contradicts 'on the left' in a caption
     c.max_image_pixels = 64_000_000  # larger images (after JPEG draft scaling) are skipped
-    c.tokenizer = ""  # sentencepiece model; '' = the data set's own (shapes ships one)
-    c.max_token_length = 128
-    # Precomputed text embeddings (python -m mdm_jax.conditioning.precompute) read instead of
-    # tokens; '' = tokenise. Training sets it from text.precomputed_dir.
-    c.text_embeddings_dir = ""
     c.caption_overflow = "truncate"
     c.caption_dropout = 0.1  # probability of training on the empty caption instead
     c.label_dropout = 0.1  # probability of label -1 (no label) instead
@@ -71,7 +70,6 @@ def validate(config):
     _choice(config, "crop", CROPS)
     _choice(config, "caption_overflow", CAPTION_OVERFLOW)
     _in_range(config, "image_size", 8, 4096)
-    _in_range(config, "max_token_length", 2)
     _in_range(config, "max_image_pixels", 1)
     _in_range(config, "caption_dropout", 0.0, 1.0)
     _in_range(config, "label_dropout", 0.0, 1.0)
@@ -83,21 +81,51 @@ def validate(config):
     if config.num_epochs is not None and config.num_epochs < 1:
         raise ValueError(f"data.num_epochs must be >= 1, or None to repeat forever; "
                          f"got {config.num_epochs}.")
-    if config.dataset == "synthetic":
-        return config
-    info = sources.describe(config)  # raises naming the build command if not built
-    if info.has_caption and not os.path.isfile(info.tokenizer):
+    if config.dataset != "synthetic":
+        sources.describe(config)  # raises naming the build command if not built
+    return config
+
+
+def check_text_inputs(config, text):
+    """Raises ValueError naming the fix if the pipeline can't give `text` (a
+    transforms.TextInputs, or None for no text) from config's data set; returns text."""
+    from mdm_jax.data import sources, text_embeddings  # noqa: PLC0415 (as in validate)
+
+    if text is None:
+        return text
+    if text.max_length < 2:  # EOS and at least one caption token
+        raise ValueError(f"text.max_length must be >= 2; got {text.max_length}.")
+    info = sources.describe(config)
+    if not info.has_caption:
+        raise ValueError(f"Data set {config.dataset!r} has no captions to read text from: "
+                         "train without text (text.kind='none') or on a data set with "
+                         "captions.")
+    if text.embeddings_dir:
+        if config.dataset == "synthetic":
+            raise ValueError("Synthetic data has no precomputed text embeddings: leave "
+                             "text.precomputed_dir empty for it.")
+        stored = text_embeddings.read_metadata(text.embeddings_dir)["max_length"]
+        if stored != text.max_length:
+            raise ValueError(
+                f"text.max_length={text.max_length} but the embeddings in "
+                f"{text.embeddings_dir} hold {stored} tokens a caption: set "
+                f"text.max_length={stored}, or precompute them again at this length.")
+        return text
+    if config.dataset == "synthetic":  # random tokens, no tokenizer
+        return text
+    tokenizer = text.tokenizer_path(info)
+    if not os.path.isfile(tokenizer):
         train = (f"`python -m mdm_jax.train_tokenizer {sources.flags(config)} "
                  "--output=PATH`")
-        if config.tokenizer:
+        if text.tokenizer:
             raise ValueError(
-                f"data.tokenizer {config.tokenizer!r} does not exist: point it at a "
+                f"text.tokenizer {text.tokenizer!r} does not exist: point it at a "
                 f"sentencepiece model (T5's spiece.model works) or train one with {train}.")
         if config.dataset == "shapes":
             raise ValueError(
                 f"The shapes data set's tokenizer {info.tokenizer} is missing: run "
                 f"`{sources.build_command(config)}`, which trains it.")
         raise ValueError(
-            f"Data set {config.dataset!r} has captions but data.tokenizer is empty: set it "
+            f"Data set {config.dataset!r} has captions but text.tokenizer is empty: set it "
             f"to a sentencepiece model (T5's spiece.model works) or train one with {train}.")
-    return config
+    return text

@@ -2,9 +2,13 @@
 
 A record the pipeline cannot use whole is converted (and kept) or skipped, and counted
 under one of READ_COUNTERS. Builders count what they skip while converting sources
-(BUILD_COUNTERS) and store the counts in the data set's tfds metadata. The pipeline
-reports both, cumulatively, in every batch (see pipeline.py and docs/data.md).
+(BUILD_COUNTERS, in a BuildSkips that also names each skipped shard and why) and store
+both in the data set's tfds metadata; a BuildSummary of them ends every build. The
+pipeline reports both kinds of counts, cumulatively, in every batch (see pipeline.py and
+docs/data.md).
 """
+import dataclasses
+
 import numpy as np
 
 # Counted while reading, per record (in whichever process decodes it).
@@ -19,7 +23,7 @@ READ_COUNTERS = (
     "converted_16bit",         # kept: 16 bits per channel reduced to 8
     "converted_caption_utf8",  # kept: caption bytes not valid UTF-8, bad bytes replaced
     "skipped_empty_caption",   # skipped: caption empty or only whitespace
-    "caption_truncated",       # kept: caption tokens cut to data.max_token_length
+    "caption_truncated",       # kept: caption tokens cut to TextInputs.max_length
     "caption_filtered",        # skipped: too many tokens and data.caption_overflow='filter'
     "skipped_error",           # skipped: any other error while processing the record
 )
@@ -62,3 +66,46 @@ def as_dict(read_totals, build_totals):
     out = {name: int(v) for name, v in zip(READ_COUNTERS, read_totals)}
     out.update({name: int(build_totals.get(name, 0)) for name in BUILD_COUNTERS})
     return out
+
+
+class BuildSkips:
+    """What a builder skipped in one split: `counts`, {BUILD_COUNTERS name: count}, and
+    `shards`, a [path, reason] pair for each missing or unreadable shard."""
+
+    def __init__(self):
+        self.counts = dict.fromkeys(BUILD_COUNTERS, 0)
+        self.shards = []
+
+    def skip_shard(self, path, counter, reason):
+        self.counts[counter] += 1
+        self.shards.append([path, reason])
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildSummary:
+    """What a data set's build skipped, by split (from its tfds metadata); str() is the
+    one message that ends a build."""
+    dataset: str
+    folder: str
+    num_examples: dict  # {split: records written}
+    build_counters: dict  # {split: {BUILD_COUNTERS name: count}}
+    skipped_shards: dict  # {split: [[path, reason], ...]}
+
+    @property
+    def skipped(self):
+        return any(any(c.values()) for c in self.build_counters.values())
+
+    def __str__(self):
+        written = ", ".join(f"{split} {n}" for split, n in sorted(self.num_examples.items()))
+        head = f"Data set {self.dataset} in {self.folder} (records written: {written})"
+        if not self.skipped:
+            return f"{head}: its build skipped nothing."
+        lines = [f"{head}: its build skipped these inputs."]
+        for split in sorted(self.build_counters):
+            counts = {k: v for k, v in self.build_counters[split].items() if v}
+            if not counts:
+                continue
+            lines.append(f"  {split}: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+            shards = self.skipped_shards.get(split, [])
+            lines += [f"    {path}: {reason}" for path, reason in shards]
+        return "\n".join(lines)

@@ -10,8 +10,9 @@ Sources (in the manual directory, named by comma-separated patterns):
 A pattern with `{00000..00099}` expands to those names; a name that doesn't exist counts
 as a missing shard. Other patterns are globs. What the build skips (missing or unreadable
 shards, an image without caption or the reverse, a TSV row whose file is missing) is
-counted and stored in the data set's metadata; images themselves are stored as found
-and checked by the pipeline (see records.py).
+counted, each skipped shard named with the reason, and stored in the data set's metadata
+(counters.BuildSkips); images themselves are stored as found and checked by the pipeline
+(see records.py).
 """
 import dataclasses
 import glob
@@ -22,8 +23,7 @@ import tarfile
 
 import tensorflow_datasets as tfds
 
-from mdm_jax.data import records
-from mdm_jax.data.counters import BUILD_COUNTERS
+from mdm_jax.data import counters, records
 
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 TSV_HEADERS = (b"image", b"path", b"image_path", b"filepath")
@@ -42,8 +42,8 @@ def builder_config(name="default", sources="*.tar,*.tsv", validation_sources="")
 
 
 def expand_sources(manual_dir, patterns):
-    """(existing files, number of named files that don't exist), in a stable order."""
-    found, missing = [], 0
+    """(existing files, named files that don't exist), in a stable order."""
+    found, missing = [], []
     for pattern in (p.strip() for p in patterns.split(",") if p.strip()):
         path = os.path.join(manual_dir, pattern)
         ranged = _RANGE.search(path)
@@ -54,13 +54,13 @@ def expand_sources(manual_dir, patterns):
                 if os.path.exists(name):
                     found.append(name)
                 else:
-                    missing += 1
+                    missing.append(name)
         elif glob.has_magic(path):
             found.extend(sorted(glob.glob(path)))
         elif os.path.exists(path):
             found.append(path)
         else:
-            missing += 1
+            missing.append(path)
     return found, missing
 
 
@@ -106,10 +106,10 @@ def _ended_cleanly(tar):
     return len(block) == tarfile.BLOCKSIZE and not block.strip(b"\0")
 
 
-def read_tar(path, counts):
-    """Yields (key, record) of a webdataset shard; counts what it skips. Of a damaged
-    shard, the samples before the damage are kept."""
-    current, members, damaged = None, {}, False
+def read_tar(path, skips):
+    """Yields (key, record) of a webdataset shard; counts what it skips in `skips` (a
+    counters.BuildSkips). Of a damaged shard, the samples before the damage are kept."""
+    counts, current, members, damage, kept = skips.counts, None, {}, None, 0
     try:
         with tarfile.open(path, "r:*") as tar:
             for info in tar:
@@ -119,30 +119,39 @@ def read_tar(path, counts):
                 if key != current:
                     record = _sample_record(members, counts) if current is not None else None
                     if record is not None:
+                        kept += 1
                         yield current, record
                     current, members = key, {}
                 members[extension] = tar.extractfile(info).read()
-            damaged = not _ended_cleanly(tar)
-    except (tarfile.TarError, OSError, EOFError):
-        damaged = True
-    if damaged:
-        counts["skipped_unreadable_shard"] += 1
+            if not _ended_cleanly(tar):
+                damage = "cut short (no end-of-archive block)"
+    except (tarfile.TarError, OSError, EOFError) as error:
+        # tarfile's messages run over several lines (one per compression tried): the
+        # first says enough.
+        message = str(error).splitlines()[0].rstrip(":")
+        damage = f"unreadable ({type(error).__name__}: {message})"
     if current is not None:
         # The sample read when the damage showed is kept if its image and caption came
-        # through whole; if not, the damaged shard's count already says why it is missing.
-        record = _sample_record(members, dict(counts) if damaged else counts)
+        # through whole; if not, the damaged shard's entry already says why it is missing.
+        record = _sample_record(members, dict(counts) if damage else counts)
         if record is not None:
+            kept += 1
             yield current, record
+    if damage:
+        skips.skip_shard(path, "skipped_unreadable_shard",
+                         f"{damage}; samples kept from before the damage: {kept}")
 
 
-def read_tsv(path, counts):
-    """Yields (key, record) of a TSV of image paths and captions; counts what it skips."""
-    folder = os.path.dirname(path)
+def read_tsv(path, skips):
+    """Yields (key, record) of a TSV of image paths and captions; counts what it skips in
+    `skips` (a counters.BuildSkips)."""
+    folder, counts = os.path.dirname(path), skips.counts
     try:
         with open(path, "rb") as f:
             lines = f.read().splitlines()
-    except OSError:
-        counts["skipped_unreadable_shard"] += 1
+    except OSError as error:
+        skips.skip_shard(path, "skipped_unreadable_shard",
+                         f"unreadable ({error.strerror or error})")
         return
     for number, line in enumerate(lines):
         if not line.strip():
@@ -184,7 +193,9 @@ class MdmImageText(tfds.core.GeneratorBasedBuilder):
         if self.builder_config.validation_sources:
             splits["validation"] = self.builder_config.validation_sources
         generators = {}
+        # Filled in while the generators run; tfds writes the metadata once they are done.
         self.info.metadata["build_counters"] = {}
+        self.info.metadata["skipped_shards"] = {}
         for split, patterns in splits.items():
             files, missing = expand_sources(manual_dir, patterns)
             if not files:
@@ -192,17 +203,19 @@ class MdmImageText(tfds.core.GeneratorBasedBuilder):
                     f"No image-text sources match {patterns!r} in {manual_dir}: put tar "
                     "shards or TSV files there, or set data.manual_dir / "
                     "data.image_text.sources to where they are.")
-            counts = dict.fromkeys(BUILD_COUNTERS, 0)
-            counts["skipped_missing_shard"] = missing
-            self.info.metadata["build_counters"][split] = counts
-            generators[split] = self._generate_examples(manual_dir, files, counts)
+            skips = counters.BuildSkips()
+            for path in missing:
+                skips.skip_shard(path, "skipped_missing_shard", "missing")
+            self.info.metadata["build_counters"][split] = skips.counts
+            self.info.metadata["skipped_shards"][split] = skips.shards
+            generators[split] = self._generate_examples(manual_dir, files, skips)
         return generators
 
-    def _generate_examples(self, manual_dir, files, counts):
+    def _generate_examples(self, manual_dir, files, skips):
         for path in files:
             relative = os.path.relpath(path, manual_dir)
             read = read_tsv if path.lower().endswith(".tsv") else read_tar
-            for key, record in read(path, counts):
+            for key, record in read(path, skips):
                 yield f"{relative}/{key}", record
 
 

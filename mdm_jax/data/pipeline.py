@@ -1,7 +1,8 @@
 """The grain input pipeline: per-host batches of numpy arrays, checkpointable exactly.
 
     records -> seeded shuffle, a new order each epoch -> repeat
-    -> ProcessRecord: decode, crop, flip, scale, tokenise, dropout (seeded per record)
+    -> ProcessRecord: decode, crop, flip, scale, tokenise (as the caller's TextInputs
+       says), dropout (seeded per record)
     -> ProcessSlice: this process's rows of each global batch (the same global batches
        whatever the number of processes)
     -> SkipBadRecords: drop skipped records, their counts carried by a kept example
@@ -19,8 +20,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from mdm_jax.data import config as config_lib
-from mdm_jax.data import counters, sources, transforms
-from mdm_jax.data import text_embeddings
+from mdm_jax.data import counters, sources, text_embeddings, transforms
 
 COUNTERS = "counters"
 # SkipBadRecords gives up (with an error naming the counts) after this many skipped
@@ -60,7 +60,7 @@ class _SkipBadRecordsIterator(grain.DatasetIterator):
         raise RuntimeError(
             f"The last {MAX_CONSECUTIVE_SKIPS} records were all skipped "
             f"({counters.as_dict(self._pending, {})}): the data set or the data config is "
-            "broken, not a record (check data.dataset, data.split and data.tokenizer).")
+            "broken, not a record (check data.dataset, data.split and text.tokenizer).")
 
     def __next__(self):
         if self._next is None:
@@ -159,10 +159,11 @@ class ProcessSlice(grain.MapDataset):
         return self._parent[step * self._global + self._p * self._per_host + row]
 
 
-def make_dataset(data_config, *, global_batch_size, seed=None, process_index=None,
+def make_dataset(data_config, *, global_batch_size, text=None, seed=None, process_index=None,
                  process_count=None):
     """The grain IterDataset behind make_iterator (for pipelines that extend it)."""
     config_lib.validate(data_config)
+    config_lib.check_text_inputs(data_config, text)
     process_index = jax.process_index() if process_index is None else process_index
     process_count = jax.process_count() if process_count is None else process_count
     if global_batch_size % process_count:
@@ -170,9 +171,9 @@ def make_dataset(data_config, *, global_batch_size, seed=None, process_index=Non
                          f"number of processes ({process_count}).")
     per_host = global_batch_size // process_count
     seed = data_config.seed if seed is None else seed
-    source, info = sources.open_source(data_config)
-    if data_config.text_embeddings_dir:
-        source = WithEmbeddings(source, data_config.text_embeddings_dir)
+    source, info = sources.open_source(data_config, text)
+    if text is not None and text.embeddings_dir:
+        source = WithEmbeddings(source, text.embeddings_dir)
     ds = grain.MapDataset.source(source)
     if len(ds) < global_batch_size:
         raise ValueError(
@@ -185,7 +186,7 @@ def make_dataset(data_config, *, global_batch_size, seed=None, process_index=Non
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(data_config.num_epochs)
     if data_config.dataset != "synthetic":  # synthetic records are finished examples
-        spec = transforms.ExampleSpec.from_config(data_config, info)
+        spec = transforms.ExampleSpec.from_config(data_config, info, text)
         ds = ds.random_map(transforms.ProcessRecord(spec), seed=seed)
     ds = ProcessSlice(ds, process_index, process_count, per_host)
     ds = ds.to_iter_dataset(grain.ReadOptions(
@@ -198,16 +199,21 @@ def make_dataset(data_config, *, global_batch_size, seed=None, process_index=Non
     return CountTotals(ds, info.build_counters)
 
 
-def make_iterator(data_config, *, global_batch_size, seed=None, process_index=None,
+def make_iterator(data_config, *, global_batch_size, text=None, seed=None, process_index=None,
                   process_count=None):
     """A grain DatasetIterator of this process's batches (dicts of numpy arrays, leading
     dimension global_batch_size / process_count), with get_state()/set_state().
 
-    seed: shuffle and augmentation seed (default data_config.seed). process_index and
-    process_count default to JAX's. Call `.close()` when done to stop worker processes.
+    text: a transforms.TextInputs (the tokenizer and caption length, or precomputed
+    embeddings, from the training config's text section) for batches with tokens and
+    token_mask (or text_embeddings and token_mask); None for batches without text, whose
+    captions are then not even decoded. seed: shuffle and augmentation seed (default
+    data_config.seed). process_index and process_count default to JAX's. Call `.close()`
+    when done to stop worker processes.
     """
-    return iter(make_dataset(data_config, global_batch_size=global_batch_size, seed=seed,
-                             process_index=process_index, process_count=process_count))
+    return iter(make_dataset(data_config, global_batch_size=global_batch_size, text=text,
+                             seed=seed, process_index=process_index,
+                             process_count=process_count))
 
 
 def model_inputs(batch):

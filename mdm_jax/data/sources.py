@@ -1,12 +1,23 @@
-"""From a data config to the built tfds data set: its builder, what its records hold,
-the command that builds it, and a random-access source of its records.
+"""From a data config to the built tfds data set: its builder, building it (`build`, behind
+`python -m mdm_jax.build_data`) and the summary of what the build skipped, what its
+records hold, the command that builds it, and a random-access source of its records.
 """
 import dataclasses
 import itertools
 import os
 
-from mdm_jax.data import (counters, image_text, imagenet, records, shapes, shapes_render,
-                          synthetic, transforms)
+from absl import logging
+
+from mdm_jax.data import (
+    counters,
+    image_text,
+    imagenet,
+    records,
+    shapes,
+    shapes_render,
+    synthetic,
+    transforms,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -14,7 +25,7 @@ class SourceInfo:
     has_caption: bool
     has_label: bool
     class_names: tuple  # () for data sets without labels
-    tokenizer: str  # resolved tokenizer path ('' when the data set has no captions)
+    tokenizer: str  # the data set's own tokenizer (shapes ships one); '' if it has none
     num_examples: int  # in the configured split
     build_counters: dict  # what the builder skipped, {counter name: count}
 
@@ -36,6 +47,45 @@ def make_builder(config):
     if config.dataset == "imagenet":
         return imagenet.make_builder(data_dir(config))
     raise ValueError(f"Data set {config.dataset!r} has no tfds builder.")
+
+
+def manual_dir(config):
+    """data.manual_dir, or tfds's default <data_dir>/downloads/manual."""
+    return os.path.expanduser(config.manual_dir) or os.path.join(
+        data_dir(config), "downloads", "manual")
+
+
+def build(config, num_processes=None):
+    """Builds config's data set if it isn't built yet; logs what the build skipped (one
+    warning naming each skipped shard and counting each kind of skipped record, or one
+    info line if nothing was); returns the data set's folder."""
+    if config.dataset == "shapes":
+        cfg = config.shapes
+        folder = shapes.build(data_dir(config), cfg.image_size, cfg.num_examples, cfg.seed,
+                              num_processes=num_processes, **shapes.variant(cfg))
+    elif config.dataset == "image_text":
+        cfg = config.image_text
+        folder = image_text.build(data_dir(config), manual_dir(config), cfg.name,
+                                  cfg.sources, cfg.validation_sources)
+    elif config.dataset == "imagenet":
+        folder = imagenet.build(data_dir(config), manual_dir(config))
+    else:
+        raise ValueError(f"data.dataset={config.dataset!r} has nothing to build; choose "
+                         "shapes, image_text or imagenet.")
+    summary = build_summary(config)
+    (logging.warning if summary.skipped else logging.info)("%s", summary)
+    return folder
+
+
+def build_summary(config):
+    """counters.BuildSummary of config's built data set: what its build skipped."""
+    builder = make_builder(config)
+    metadata = builder.info.metadata or {}
+    return counters.BuildSummary(
+        dataset=config.dataset, folder=builder.data_dir,
+        num_examples={name: split.num_examples for name, split in builder.info.splits.items()},
+        build_counters=dict(metadata.get("build_counters", {})),
+        skipped_shards=dict(metadata.get("skipped_shards", {})))
 
 
 def flags(config):
@@ -79,8 +129,8 @@ def _describe(config, builder):
                          f"data.split must be one of {', '.join(sorted(splits))}.")
     features = builder.info.features
     has_caption = records.CAPTION in features
-    tokenizer = os.path.expanduser(config.tokenizer)
-    if has_caption and not tokenizer and config.dataset == "shapes":
+    tokenizer = ""
+    if config.dataset == "shapes":
         tokenizer = os.path.join(builder.data_dir, shapes.TOKENIZER_FILE)
     class_names = ()
     if records.LABEL in features:
@@ -89,15 +139,17 @@ def _describe(config, builder):
     metadata = builder.info.metadata or {}
     build_counters = dict(metadata.get("build_counters", {}).get(config.split, {}))
     return SourceInfo(has_caption=has_caption, has_label=records.LABEL in features,
-                      class_names=tuple(class_names), tokenizer=tokenizer if has_caption else "",
+                      class_names=tuple(class_names), tokenizer=tokenizer,
                       num_examples=splits[config.split].num_examples,
                       build_counters=build_counters)
 
 
-def open_source(config):
-    """(random-access source of records, SourceInfo)."""
+def open_source(config, text=None):
+    """(random-access source of records, SourceInfo). text: the pipeline's TextInputs,
+    which says how many tokens synthetic examples hold (None: none)."""
     if config.dataset == "synthetic":
-        return synthetic.SyntheticSource(config), describe(config)
+        max_length = text.max_length if text is not None else 0
+        return synthetic.SyntheticSource(config, max_length), describe(config)
     builder = make_builder(config)
     return builder.as_data_source(split=config.split), _describe(config, builder)
 

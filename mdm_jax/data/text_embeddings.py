@@ -1,4 +1,5 @@
-"""Precomputed text embeddings on disk: what precompute.py writes and the pipeline reads.
+"""Precomputed text embeddings on disk: what mdm_jax.conditioning.precompute writes
+(`python -m mdm_jax.precompute_text`) and the pipeline reads (TextInputs.embeddings_dir).
 
 A directory holds
   metadata.json          format, num_examples, width, max_length, dtype, files, text_config
@@ -58,7 +59,7 @@ def read_metadata(directory):
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"No {METADATA} in {directory!r}: not a finished precomputed-embeddings directory. "
-            "Make one with `python -m mdm_jax.conditioning.precompute`.")
+            "Make one with `python -m mdm_jax.precompute_text`.")
     with open(path) as f:
         metadata = json.load(f)
     if metadata.get("format") != FORMAT:

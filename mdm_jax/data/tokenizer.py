@@ -21,7 +21,7 @@ class Tokenizer:
         self.path = os.path.abspath(os.path.expanduser(path))
         if not os.path.isfile(self.path):
             raise FileNotFoundError(
-                f"No tokenizer model at {self.path}: point data.tokenizer at a sentencepiece "
+                f"No tokenizer model at {self.path}: point text.tokenizer at a sentencepiece "
                 "model (T5's spiece.model works) or train one with "
                 "`python -m mdm_jax.train_tokenizer --data.dataset=... --output=PATH`.")
         self._sp = spm.SentencePieceProcessor(model_file=self.path)

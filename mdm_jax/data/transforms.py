@@ -3,9 +3,11 @@
 An example holds the batch fields of docs/data.md plus counters.FIELD, this record's
 conversions; a skipped record becomes {counters.FIELD: counts} alone, which
 pipeline.SkipBadRecords drops after carrying its counts forward. Nothing a record holds
-can raise out of here: a long run never stops on one bad record.
+can raise out of here: a long run never stops on one bad record. What an example holds
+of its caption (tokens, precomputed embeddings or nothing) is the caller's `TextInputs`.
 """
 import dataclasses
+import os
 
 import grain
 import numpy as np
@@ -13,10 +15,26 @@ from absl import logging
 
 from mdm_jax.data import counters, images, records
 from mdm_jax.data import text_embeddings as embeddings
+from mdm_jax.data import tokenizer as tokenizer_lib
 
 # The record field that carries a precomputed text embedding (see pipeline.WithEmbeddings).
 EMBEDDING = "text_embedding_record"
-from mdm_jax.data import tokenizer as tokenizer_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class TextInputs:
+    """What the pipeline makes of each caption: tokens and their mask, or precomputed
+    embeddings and their mask. Training derives it from its config's `text` section (the
+    one place these are set); no TextInputs at all means batches without text."""
+    tokenizer: str = ""  # sentencepiece model; '' = the data set's own (shapes ships one)
+    max_length: int = 128  # tokens per caption, EOS included
+    # Precomputed text embeddings (python -m mdm_jax.precompute_text) read instead of
+    # tokens; '' = tokenise.
+    embeddings_dir: str = ""
+
+    def tokenizer_path(self, info):
+        """The tokenizer's path for the data set a sources.SourceInfo describes."""
+        return os.path.expanduser(self.tokenizer) or info.tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,8 +43,8 @@ class ExampleSpec:
     random_crop: bool
     random_flip: bool
     max_image_pixels: int
-    tokenizer: str  # path; '' when the data set has no captions
-    max_token_length: int
+    tokenizer: str  # path; '' when the batch has no tokens
+    max_length: int  # tokens per caption
     filter_long_captions: bool
     caption_dropout: float
     label_dropout: float
@@ -37,15 +55,19 @@ class ExampleSpec:
     unconditional: tuple = None
 
     @classmethod
-    def from_config(cls, config, info):
-        metadata, unconditional = None, None
-        if config.text_embeddings_dir:
-            metadata = embeddings.read_metadata(config.text_embeddings_dir)
-            unconditional = embeddings.unconditional(config.text_embeddings_dir)
+    def from_config(cls, config, info, text):
+        """text: a TextInputs, or None for examples without text (captions unread)."""
+        tokenizer, max_length, metadata, unconditional = "", 0, None, None
+        if text is not None and info.has_caption:
+            max_length = text.max_length
+            if text.embeddings_dir:
+                metadata = embeddings.read_metadata(text.embeddings_dir)
+                unconditional = embeddings.unconditional(text.embeddings_dir)
+            else:
+                tokenizer = text.tokenizer_path(info)
         return cls(image_size=config.image_size, random_crop=config.crop == "random",
                    random_flip=config.random_flip, max_image_pixels=config.max_image_pixels,
-                   tokenizer="" if metadata else info.tokenizer,
-                   max_token_length=config.max_token_length,
+                   tokenizer=tokenizer, max_length=max_length,
                    filter_long_captions=config.caption_overflow == "filter",
                    caption_dropout=config.caption_dropout, label_dropout=config.label_dropout,
                    has_label=info.has_label, embeddings_metadata=metadata,
@@ -125,11 +147,11 @@ class ProcessRecord(grain.transforms.RandomMap):
         # The caption is checked even when dropped, so that which records are kept never
         # depends on the dropout draw.
         ids, truncated = tokenizer_lib.fit(
-            tokenizer.encode(text), spec.max_token_length, tokenizer.eos_id)
+            tokenizer.encode(text), spec.max_length, tokenizer.eos_id)
         if truncated:
             if spec.filter_long_captions:
                 raise counters.Skip("caption_filtered")
             counts[counters.READ_INDEX["caption_truncated"]] += 1
         if drop:
             ids = tokenizer.encode("")
-        return tokenizer.pad(ids, spec.max_token_length)
+        return tokenizer.pad(ids, spec.max_length)

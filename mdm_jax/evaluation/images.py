@@ -33,9 +33,9 @@ def dataset_batches(data_config, num_images, batch_size=64):
     cfg.num_epochs = 1
     cfg.caption_dropout = cfg.label_dropout = 0.0
     cfg.random_flip = False
-    cfg.text_embeddings_dir = ""
     batch_size = min(batch_size, num_images)
-    iterator = data_pipeline.make_iterator(cfg, global_batch_size=batch_size,
+    # text=None: images only, captions not even decoded.
+    iterator = data_pipeline.make_iterator(cfg, global_batch_size=batch_size, text=None,
                                            process_index=0, process_count=1)
     seen = 0
     try:

@@ -184,7 +184,7 @@ def sample_levels(stage, params, text, mesh, conditions, n, options, guidance, r
     key = jax.random.key(o.seed) if key is None else key
     levels = []
     for start in tqdm.trange(0, n, o.batch_size, desc="sampling", unit="batch", leave=False,
-                             disable=jax.process_index() != 0):
+                             disable=jax.process_index() != 0 or n <= o.batch_size):
         # The last batch repeats its final entry up to the fixed size; the extra rows go.
         chunk = conditions[start:start + o.batch_size]
         chunk = chunk + chunk[-1:] * (o.batch_size - len(chunk))

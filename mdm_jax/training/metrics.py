@@ -20,19 +20,26 @@ from tensorboardX import SummaryWriter
 from mdm_jax.data import counters as counters_lib
 
 
-class _LibraryInfo(logging_lib.Filter):
-    """Drops the INFO records of the libraries we drive (Orbax logs ~100 lines a save)."""
+# The libraries we drive, and the least severe of their records the console shows: Orbax
+# logs ~100 INFO lines a save and warns on every read-only open, tfds warns on every use of
+# a builder config; none of it is something a user acts on.
+_LIBRARY_LEVELS = {"orbax": logging_lib.ERROR, "tensorflow_datasets": logging_lib.ERROR,
+                   "grain": logging_lib.WARNING, "jax": logging_lib.WARNING}
 
+
+class _LibraryNoise(logging_lib.Filter):
     def filter(self, record):
-        return record.levelno >= logging_lib.WARNING or not any(
-            f"{os.sep}{name}{os.sep}" in record.pathname for name in ("orbax", "grain"))
+        for name, level in _LIBRARY_LEVELS.items():
+            if f"{os.sep}{name}{os.sep}" in record.pathname:
+                return record.levelno >= level
+        return True
 
 
 def quiet_library_logs():
     """Keeps the console to our lines, warnings and errors (idempotent)."""
     handler = logging.get_absl_handler()
-    if not any(isinstance(f, _LibraryInfo) for f in handler.filters):
-        handler.addFilter(_LibraryInfo())
+    if not any(isinstance(f, _LibraryNoise) for f in handler.filters):
+        handler.addFilter(_LibraryNoise())
 
 
 class DataCounters:
