@@ -19,7 +19,6 @@ from tensorboardX import SummaryWriter
 
 from mdm_jax.data import counters as counters_lib
 
-
 # The libraries we drive, and the least severe of their records the console shows: Orbax
 # logs ~100 INFO lines a save and warns on every read-only open, tfds warns on every use of
 # a builder config; none of it is something a user acts on.
