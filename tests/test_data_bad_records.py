@@ -1,5 +1,6 @@
 """Bad data: each case on a real file the test writes, converted or skipped and counted;
-then all of them in one image_text data set, counted in the batches the pipeline yields."""
+then all of them in one image_text data set, counted in the batches the pipeline yields,
+with text and without (then captions are not read, and only their checks are gone)."""
 import os
 import struct
 import zlib
@@ -10,8 +11,9 @@ from PIL import Image
 
 from mdm_jax.data import config as data_config
 from mdm_jax.data import counters, image_text, pipeline, records, transforms
-from mdm_jax.testing import source_files as sample_files
 from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.transforms import TextInputs
+from mdm_jax.testing import source_files as sample_files
 
 SIZE = 16
 RED = (200, 30, 40)
@@ -26,7 +28,7 @@ def tokenizer_path(tmp_path_factory):
 
 def spec(tokenizer="", **overrides):
     values = dict(image_size=SIZE, random_crop=False, random_flip=False,
-                  max_image_pixels=10_000, tokenizer=tokenizer, max_token_length=8,
+                  max_image_pixels=10_000, tokenizer=tokenizer, max_length=8,
                   filter_long_captions=False, caption_dropout=0.0, label_dropout=0.0,
                   has_label=False)
     values.update(overrides)
@@ -201,7 +203,7 @@ def test_empty_caption_is_skipped(tmp_path, tokenizer_path):
 def test_non_utf8_caption_is_converted(tmp_path, tokenizer_path):
     data = written(tmp_path, "a.png", solid(RED), "PNG")
     example, counts = process(data, tokenizer_path, "caf\u00e9 at night".encode("cp1252"),
-                              max_token_length=32)
+                              max_length=32)
     assert counts == {"converted_caption_utf8": 1}
     expected, _ = tokenizer_lib.tokenize(["caf\u00e9 at night"], tokenizer_path, 32)
     np.testing.assert_array_equal(example["tokens"], expected[0])
@@ -231,10 +233,11 @@ def test_unexpected_error_is_counted_not_raised():
 
 
 def read_shard(path):
-    counts = dict.fromkeys(counters.BUILD_COUNTERS, 0)
+    """(keys read, {counter: count} of the non-zero ones, [path, reason] of a skipped shard)."""
+    skips = counters.BuildSkips()
     read = image_text.read_tsv if str(path).endswith(".tsv") else image_text.read_tar
-    keys = [key for key, _ in read(str(path), counts)]
-    return keys, {name: count for name, count in counts.items() if count}
+    keys = [key for key, _ in read(str(path), skips)]
+    return keys, {name: count for name, count in skips.counts.items() if count}, skips.shards
 
 
 def test_image_without_caption_file_is_skipped_at_build(tmp_path):
@@ -243,7 +246,7 @@ def test_image_without_caption_file_is_skipped_at_build(tmp_path):
         ("k0", {"png": png}), ("k1", {"png": png, "txt": "a red square"}),
         ("k2", {"txt": "a caption alone"})])
     assert read_shard(path) == (["k1"], {"skipped_missing_caption": 1,
-                                         "skipped_missing_image": 1})
+                                         "skipped_missing_image": 1}, [])
 
 
 def test_missing_shard_is_counted_at_build(tmp_path):
@@ -251,7 +254,7 @@ def test_missing_shard_is_counted_at_build(tmp_path):
         sample_files.write_tar(tmp_path / name, [])
     files, missing = image_text.expand_sources(str(tmp_path), "{00000..00002}.tar")
     assert [os.path.basename(f) for f in files] == ["00000.tar", "00002.tar"]
-    assert missing == 1
+    assert missing == [str(tmp_path / "00001.tar")]
 
 
 def test_truncated_shard_keeps_the_samples_before_the_damage(tmp_path):
@@ -261,25 +264,31 @@ def test_truncated_shard_keeps_the_samples_before_the_damage(tmp_path):
     data = path.read_bytes()
     # Each sample fills four 512-byte blocks: cut the third one's header in two.
     path.write_bytes(data[:8 * 512 + 100])
-    assert read_shard(path) == (["k0", "k1"], {"skipped_unreadable_shard": 1})
+    assert read_shard(path) == (["k0", "k1"], {"skipped_unreadable_shard": 1}, [
+        [str(path), "cut short (no end-of-archive block); samples kept from before the "
+                    "damage: 2"]])
     path.write_bytes(data[:4 * 512 + 1024 + 100])  # inside the second sample's caption
-    assert read_shard(path) == (["k0"], {"skipped_unreadable_shard": 1})
+    keys, counts, [(_, reason)] = read_shard(path)
+    assert (keys, counts) == (["k0"], {"skipped_unreadable_shard": 1})
+    assert reason.endswith("samples kept from before the damage: 1")
 
 
 def test_unreadable_shard_is_skipped(tmp_path):
     path = tmp_path / "a.tar"
     path.write_bytes(b"not a tar file at all" * 100)
-    assert read_shard(path) == ([], {"skipped_unreadable_shard": 1})
+    assert read_shard(path) == ([], {"skipped_unreadable_shard": 1}, [
+        [str(path), "unreadable (ReadError: file could not be opened successfully); "
+                    "samples kept from before the damage: 0"]])
 
 
 def test_tsv_row_whose_image_is_missing_is_skipped(tmp_path):
     (tmp_path / "here.png").write_bytes(sample_files.encode(solid(RED), "PNG"))
     path = sample_files.write_tsv(tmp_path / "list.tsv", [
         ("here.png", "a red square"), ("gone.png", "a red square")])
-    assert read_shard(path) == (["1"], {"skipped_missing_image": 1})
+    assert read_shard(path) == (["1"], {"skipped_missing_image": 1}, [])
 
 
-def build_bad_data_set(root, tokenizer_path):
+def build_bad_data_set(root):
     """An image_text data set holding one of every bad case, and three good records."""
     manual = root / "manual"
     red_png = sample_files.encode(solid(RED), "PNG")
@@ -308,26 +317,45 @@ def build_bad_data_set(root, tokenizer_path):
                                                  ("pics/gone.png", "a red square")])
     config = data_config.get_data_config()
     config.update(dict(dataset="image_text", data_dir=str(root / "tfds"),
-                       manual_dir=str(manual), image_size=SIZE, tokenizer=str(tokenizer_path),
-                       max_token_length=32, caption_dropout=0.0, num_epochs=1, shuffle=False))
+                       manual_dir=str(manual), image_size=SIZE, caption_dropout=0.0,
+                       num_epochs=1, shuffle=False))
     # 00001.tar is named by the pattern but missing.
     config.image_text.sources = "{00000..00002}.tar,list.tsv"
     image_text.build(config.data_dir, config.manual_dir, sources=config.image_text.sources)
     return config
 
 
+def read_all(config, text):
+    return list(pipeline.make_iterator(config, global_batch_size=1, text=text,
+                                       process_index=0, process_count=1))
+
+
+BUILD_COUNTS = dict(skipped_missing_shard=1, skipped_unreadable_shard=1,
+                    skipped_missing_caption=1, skipped_missing_image=2)
+
+
 def test_pipeline_counts_every_bad_record(tmp_path, tokenizer_path):
-    config = build_bad_data_set(tmp_path, tokenizer_path)
-    batches = list(pipeline.make_iterator(config, global_batch_size=1, process_index=0,
-                                          process_count=1))
+    config = build_bad_data_set(tmp_path)
+    batches = read_all(config, TextInputs(tokenizer=str(tokenizer_path), max_length=32))
     expected = dict.fromkeys(counters.READ_COUNTERS + counters.BUILD_COUNTERS, 0)
     expected.update(corrupt_image=1, converted_cmyk=1, skipped_empty_caption=1,
                     converted_caption_utf8=1, converted_grey=1, caption_truncated=1,
-                    upscaled_small=1, skipped_missing_shard=1, skipped_unreadable_shard=1,
-                    skipped_missing_caption=1, skipped_missing_image=2)
+                    upscaled_small=1, **BUILD_COUNTS)
     assert batches[-1]["counters"] == expected
     # Kept: good0, cmyk, latin, long, good1 (before the damage) and small.png.
     assert len(batches) == 6
     # Totals only grow, batch by batch, and the first batch already has the build's.
     totals = [sum(b["counters"].values()) for b in batches]
     assert totals == sorted(totals) and batches[0]["counters"]["skipped_missing_shard"] == 1
+
+
+def test_without_text_images_are_still_checked_and_counted(tmp_path):
+    config = build_bad_data_set(tmp_path)
+    batches = read_all(config, None)  # no tokenizer needed
+    assert "tokens" not in batches[0] and "token_mask" not in batches[0]
+    expected = dict.fromkeys(counters.READ_COUNTERS + counters.BUILD_COUNTERS, 0)
+    expected.update(corrupt_image=1, converted_cmyk=1, converted_grey=1, upscaled_small=1,
+                    **BUILD_COUNTS)
+    assert batches[-1]["counters"] == expected
+    # The caption checks are gone: the record with an empty caption is kept too.
+    assert len(batches) == 7

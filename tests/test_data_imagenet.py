@@ -10,6 +10,7 @@ from PIL import Image
 
 from mdm_jax.data import config as data_config
 from mdm_jax.data import imagenet, pipeline, records
+from mdm_jax.data.transforms import TextInputs
 from mdm_jax.testing import source_files as sample_files
 
 CLASSES = ("n01440764", "n01443537", "n15075141")  # indices 0, 1 and 999
@@ -98,3 +99,9 @@ def test_label_dropout_gives_minus_one(config):
     batch = next(pipeline.make_iterator(cfg, global_batch_size=6, process_index=0,
                                         process_count=1))
     assert (batch["labels"] == -1).all()
+
+
+def test_text_inputs_on_a_data_set_without_captions_name_the_fix(config):
+    with pytest.raises(ValueError, match="no captions.*text.kind='none'"):
+        pipeline.make_iterator(config, global_batch_size=2, text=TextInputs(),
+                               process_index=0, process_count=1)

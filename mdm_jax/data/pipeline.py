@@ -221,20 +221,6 @@ def model_inputs(batch):
     return {k: v for k, v in batch.items() if k != COUNTERS}
 
 
-class Counters:
-    """The data counters of the latest batch seen, for logging: cumulative per process
-    since the run began (restores included), the builder's counts added."""
-
-    def __init__(self):
-        self._latest = {}
-
-    def add(self, batch):
-        self._latest = batch[COUNTERS]
-
-    def totals(self):
-        return {f"data/{name}": value for name, value in self._latest.items()}
-
-
 def to_global_arrays(batch, mesh, partition_spec):
     """Per-host numpy batch -> global jax.Arrays, the leading (batch) dimension sharded
     as the first entry of partition_spec says (the spec is cut to each field's rank)."""
