@@ -7,7 +7,8 @@ of worker processes, one JSON line per setting.
 It writes its own data under --work_dir first (kept for the next run): image_text from
 JPEG photos of --source_size in webdataset shards (CC12M-like originals, as downloaded
 without resizing), shapes at the largest image size. Timing starts after --warmup
-batches, so worker start-up is not counted.
+batches, so worker start-up is not counted. Batches carry tokens (TextInputs of 128
+tokens; image_text's tokenizer is trained on its captions), as a text-to-image run's do.
 """
 import json
 import os
@@ -18,6 +19,7 @@ from absl import app, flags
 
 from mdm_jax.data import config as data_config
 from mdm_jax.data import image_text, pipeline, shapes, sources, tokenizer
+from mdm_jax.data.transforms import TextInputs
 from mdm_jax.testing import source_files as sample_files
 
 _DATASETS = flags.DEFINE_list("datasets", ["image_text", "shapes", "synthetic"],
@@ -38,7 +40,7 @@ _SOURCE_SIZE = flags.DEFINE_string("source_size", "640x480",
 
 
 def prepare(dataset, largest):
-    """The data config of `dataset`, its data built if needed."""
+    """(data config, TextInputs) of `dataset`, its data built if needed."""
     config = data_config.get_data_config()
     config.dataset = dataset
     config.data_dir = os.path.join(_WORK_DIR.value, "tfds")
@@ -53,17 +55,18 @@ def prepare(dataset, largest):
                                             sizes=((width, height), (height, width)))
         image_text.build(config.data_dir, config.manual_dir, name=config.image_text.name)
         # Captions need a tokenizer: one trained on this data's captions.
-        config.tokenizer = os.path.join(_WORK_DIR.value, f"{config.image_text.name}.model")
-        if not os.path.exists(config.tokenizer):
-            tokenizer.train(sources.captions(config, 100_000), config.tokenizer, 500)
-    elif dataset == "shapes":
+        path = os.path.join(_WORK_DIR.value, f"{config.image_text.name}.model")
+        if not os.path.exists(path):
+            tokenizer.train(sources.captions(config, 100_000), path, 500)
+        return config, TextInputs(tokenizer=path)
+    if dataset == "shapes":
         config.shapes.update(dict(image_size=largest, num_examples=_NUM_IMAGES.value))
         shapes.build(config.data_dir, largest, _NUM_IMAGES.value)
-    return config
+    return config, TextInputs()  # shapes: its own tokenizer; synthetic: random tokens
 
 
-def measure(config):
-    iterator = pipeline.make_iterator(config, global_batch_size=_BATCH.value,
+def measure(config, text):
+    iterator = pipeline.make_iterator(config, global_batch_size=_BATCH.value, text=text,
                                       process_index=0, process_count=1)
     try:
         for _ in range(_WARMUP.value):
@@ -84,7 +87,7 @@ def main(argv):
         2 ** i for i in range(cores.bit_length()) if 2 ** i <= cores]
     sizes = [int(s) for s in _SIZES.value]
     for dataset in _DATASETS.value:
-        config = prepare(dataset, max(sizes))
+        config, text = prepare(dataset, max(sizes))
         for size in sizes:
             config.image_size = size
             for count in workers:
@@ -92,7 +95,7 @@ def main(argv):
                 print(json.dumps({
                     "dataset": dataset, "image_size": size, "workers": count,
                     "read_threads": config.read_threads, "batch_size": _BATCH.value,
-                    "images_per_s": round(measure(config), 1), "host_cpu_count": cores,
+                    "images_per_s": round(measure(config, text), 1), "host_cpu_count": cores,
                     "source": _SOURCE_SIZE.value if dataset == "image_text" else None}),
                     flush=True)
 

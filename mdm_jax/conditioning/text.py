@@ -1,10 +1,9 @@
 """How a training config's text encoder meets its data, its denoiser and its sampler.
 
 The `text` section is the one source of the text settings. This module derives what the
-others need from it, without writing into them: the data pipeline's tokenizer, caption
-length and precomputed embeddings (set in a copy of the data config; setting them in
-config.data as well is refused), the denoiser's feature width (checked against
-model.conditioning_feature_dim), and the encoder itself. `TextConditioning`
+others need from it, without writing into them: the data pipeline's `TextInputs`
+(tokenizer, caption length, precomputed embeddings), the denoiser's feature width (checked
+against model.conditioning_feature_dim), and the encoder itself. `TextConditioning`
 holds the encoder (frozen T5 params, or a trainable one's init) and gives the train step
 its `text_fn` and the sampler its prompt encodings.
 """
@@ -18,7 +17,7 @@ import numpy as np
 from mdm_jax.data import sources as data_sources
 from mdm_jax.data import text_embeddings
 from mdm_jax.data import tokenizer as tokenizer_lib
-from mdm_jax.data.config import get_data_config
+from mdm_jax.data.transforms import TextInputs
 from mdm_jax.models import text as text_lib
 from mdm_jax.parallel import sharding
 
@@ -31,6 +30,10 @@ def encoder_config(config):
     if text.kind == "small":
         if not text.tokenizer:
             text.tokenizer = data_sources.describe(config.data).tokenizer
+        if not text.tokenizer:
+            raise ValueError(f"text.kind='small' on data.dataset={config.data.dataset!r}, "
+                             "which ships no tokenizer: set text.tokenizer (a sentencepiece "
+                             "model; python -m mdm_jax.train_tokenizer makes one).")
         if not text.small.vocab_size:
             text.small.vocab_size = tokenizer_lib.load(text.tokenizer).vocab_size
     return text
@@ -51,24 +54,11 @@ def feature_dim(text):
     return text_lib.feature_dim(text)
 
 
-# Data keys that a text-conditioned config's `text` section decides.
-TEXT_DATA_KEYS = {"tokenizer": "text.tokenizer", "max_token_length": "text.max_length",
-                  "text_embeddings_dir": "text.precomputed_dir"}
-
-
 def check_text(config):
-    """Validates the text section, that the model takes its features' width, and that
-    config.data leaves the text settings to it."""
+    """Validates the text section and that the model takes its features' width."""
     text_lib.validate(config.text)
     if config.text.kind == "none":
         return
-    defaults = get_data_config()
-    for key, owner in TEXT_DATA_KEYS.items():
-        if config.data[key] != defaults[key]:
-            raise ValueError(
-                f"data.{key}={config.data[key]!r} is set, but with text.kind="
-                f"{config.text.kind!r} the text section decides it: set {owner} instead "
-                f"and leave data.{key} at its default.")
     width = feature_dim(config.text)
     if config.model.conditioning_feature_dim != width:
         raise ValueError(
@@ -77,18 +67,15 @@ def check_text(config):
             f"config.model.conditioning_feature_dim={width}.")
 
 
-def data_config_with_text(data_config, config):
-    """A copy of data_config reading captions as config's text encoder needs them."""
-    data = data_config.copy_and_resolve_references()
+def data_text_inputs(config):
+    """What the data pipeline reads of each caption for this config (None: no text)."""
     text = config.text
     if text.kind == "none":
-        return data
-    data.max_token_length = text.max_length
+        return None
     if text.kind == "precomputed":
-        data.text_embeddings_dir = text.precomputed_dir
-    else:
-        data.tokenizer = text_lib.tokenizer_path(encoder_config(config))
-    return data
+        return TextInputs(max_length=text.max_length, embeddings_dir=text.precomputed_dir)
+    return TextInputs(tokenizer=text_lib.tokenizer_path(encoder_config(config)),
+                      max_length=text.max_length)
 
 
 def no_text(trainable, frozen, batch):

@@ -11,7 +11,7 @@ import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mdm_jax.conditioning.text import TextConditioning, check_text, data_config_with_text
+from mdm_jax.conditioning.text import TextConditioning, check_text, data_text_inputs
 from mdm_jax.data import pipeline as data_pipeline
 from mdm_jax.data import shapes as shapes_data
 from mdm_jax.data import sources as data_sources
@@ -139,10 +139,10 @@ class StageRun:
         self.optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate,
                                                   st.warmup_steps)
         self.model = build_model(stage.model_config)
-        self.data_config = data_config_with_text(stage_data_config(config, stage), config)
+        self.data_config = stage_data_config(config, stage)
         self.data_iterator = data_pipeline.make_iterator(
             self.data_config, global_batch_size=st.global_batch_size,
-            seed=config.data.seed + stage.index)
+            text=data_text_inputs(config), seed=config.data.seed + stage.index)
         self.checkpoints = checkpoints_lib.StageCheckpoints(
             run_dir.stage_checkpoints(stage.name), keep=config.keep_checkpoints)
         self.state, self.state_shardings = initial_state(
