@@ -55,11 +55,13 @@ def feature_dim(text):
 
 
 def check_text(config):
-    """Validates the text section and that the model takes its features' width."""
-    text_lib.validate(config.text)
-    if config.text.kind == "none":
+    """Validates the text section (with what encoder_config fills in) and that the model
+    takes its features' width."""
+    text = encoder_config(config)
+    text_lib.validate(text)
+    if text.kind == "none":
         return
-    width = feature_dim(config.text)
+    width = feature_dim(text)
     if config.model.conditioning_feature_dim != width:
         raise ValueError(
             f"model.conditioning_feature_dim={config.model.conditioning_feature_dim} but the "

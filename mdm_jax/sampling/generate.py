@@ -164,15 +164,13 @@ def stage_sampler(stage, options, guidance, mesh):
                                 mesh=mesh)
 
 
-def sample_levels(stage, params, text, mesh, conditions, n, options, guidance, run=None,
-                  key=None):
+def sample_levels(stage, params, text, mesh, conditions, n, options, guidance, run=None):
     """n samples of a stage's model with its (EMA) params {'unet', ...} on mesh, in
     batches of options.batch_size split over the mesh: every level, numpy, in [-1, 1].
 
     conditions: n prompts or labels, or [] for an unconditional model. Each batch's key is
     fold_in(key(options.seed), batch index), so the same seed gives the same samples.
     run: stage_sampler's result, for callers that sample again and again (no recompiles).
-    key: the base key instead of key(options.seed).
     """
     o = options
     run = run or stage_sampler(stage, options, guidance, mesh)
@@ -181,7 +179,7 @@ def sample_levels(stage, params, text, mesh, conditions, n, options, guidance, r
     def put(x):
         return None if x is None else jax.device_put(x, sharding.batch_sharding(mesh, x.ndim))
 
-    key = jax.random.key(o.seed) if key is None else key
+    key = jax.random.key(o.seed)
     levels = []
     for start in tqdm.trange(0, n, o.batch_size, desc="sampling", unit="batch", leave=False,
                              disable=jax.process_index() != 0 or n <= o.batch_size):

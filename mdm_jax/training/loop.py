@@ -29,7 +29,7 @@ from mdm_jax.runs.stages import (
     stage_checkpoint_config,
     stage_data_config,
 )
-from mdm_jax.sampling import generate, images
+from mdm_jax.sampling import images, sampler
 from mdm_jax.training import metrics as metrics_lib
 from mdm_jax.training.evaluation import TrainingEvaluation
 from mdm_jax.training.preemption import PreemptionGuard
@@ -149,7 +149,7 @@ class StageRun:
             config, run_dir, stages, stage, text, self.optimizer, self.checkpoints, mesh,
             rules, self.data_iterator)
         self.saved_config = stage_checkpoint_config(config, stage)
-        self.grid_sampler = self.grid_options = None
+        self.grid_sampler = None
 
     def jitted_step(self):
         st, stage = self.stage.config, self.stage
@@ -225,26 +225,27 @@ class StageRun:
 
     def write_samples(self, step):
         """A grid of samples from the EMA params, every level side by side, as a PNG and
-        in TensorBoard."""
-        config, stage = self.config, self.stage
+        in TensorBoard. A model conditioned on both labels and text gets both."""
+        config, stage, text = self.config, self.stage, self.text
         n = config.sample.num_samples
-        prompts = list(config.sample.prompts) or [""]
-        conditions = (prompts if config.text.kind != "none" else
-                      list(range(stage.model_config.num_classes)))
-        conditions = [conditions[i % len(conditions)] for i in range(n)] if conditions else []
-        guidance = config.sample.guidance
+        num_classes = stage.model_config.num_classes
+        labels = (jax.numpy.arange(n) % num_classes) if num_classes > 0 else None
+        lm, mask, uncond = None, None, (None, None)
+        if config.text.kind != "none":
+            prompts = list(config.sample.prompts) or [""]
+            prompts = [prompts[i % len(prompts)] for i in range(n)]
+            lm, mask = text.encode_prompts(self.state.ema_params, prompts)
+            uncond = text.encode_prompts(self.state.ema_params, [""] * n)
         if self.grid_sampler is None:
-            # One batch of the grid's size, rounded up to split over the mesh.
-            split = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-            self.grid_options = generate.Options(
-                num_steps=config.sample.num_steps, sampler=config.sample.sampler,
-                eta=config.sample.eta, batch_size=-(-n // split) * split)
-            self.grid_sampler = generate.stage_sampler(stage, self.grid_options, guidance,
-                                                       self.mesh)
+            shape = (n, stage.image_size, stage.image_size, stage.model_config.input_channels)
+            self.grid_sampler = sampler.make_sampler(
+                self.model, stage.diffusion, stage.scales, shape,
+                sampler=config.sample.sampler, num_steps=config.sample.num_steps,
+                eta=config.sample.eta, guidance_scale=config.sample.guidance)
         key = jax.random.fold_in(jax.random.key(config.seed), GRID_KEY_OFFSET + step)
-        levels = generate.sample_levels(stage, self.state.ema_params, self.text, self.mesh,
-                                        conditions, n, self.grid_options, guidance,
-                                        run=self.grid_sampler, key=key)
+        levels = self.grid_sampler(self.state.ema_params["unet"], key, labels, lm, mask,
+                                   *uncond)
+        levels = [multihost_utils.process_allgather(x, tiled=True) for x in levels]
         path = self.run_dir.sample_grid(stage.name, step)
         grid = images.write_grid(path, levels)
         self.log.image(stage.step_offset + step, f"samples/{stage.name}", grid)

@@ -41,6 +41,16 @@ def quiet_library_logs():
         handler.addFilter(_LibraryNoise())
 
 
+def _append(path, text):
+    """Appends to a file; object stores (gs://) have no append, so there the small file
+    is rewritten (one line per log_every steps)."""
+    if "://" in str(path):
+        path.write_text((path.read_text() if path.exists() else "") + text)
+    else:
+        with path.open("a") as f:
+            f.write(text)
+
+
 class DataCounters:
     """The data counters of the whole run: the latest batch's totals (cumulative over
     the stage, restores included, with the builder's counts) plus the bad records read
@@ -121,8 +131,8 @@ class MetricsLog:
             scalars.update(self.counters.totals())
         for key, value in scalars.items():
             self.tensorboard.add_scalar(key, value, step)
-        with self.run_dir.metrics.open("a") as f:
-            f.write(json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
+        _append(self.run_dir.metrics,
+                json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
         if self.on_write:
             self.on_write()
         shown = {k: f"{scalars[k]:.4g}" for k in ("loss", "images_per_s_per_chip")
