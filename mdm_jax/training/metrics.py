@@ -21,9 +21,11 @@ from mdm_jax.data import counters as counters_lib
 
 # The libraries we drive, and the least severe of their records the console shows: Orbax
 # logs ~100 INFO lines a save and warns on every read-only open, tfds warns on every use of
-# a builder config; none of it is something a user acts on.
+# a builder config, gcsfs and fsspec log every file they open on gs://; none of it is
+# something a user acts on.
 _LIBRARY_LEVELS = {"orbax": logging_lib.ERROR, "tensorflow_datasets": logging_lib.ERROR,
-                   "grain": logging_lib.WARNING, "jax": logging_lib.WARNING}
+                   "grain": logging_lib.WARNING, "jax": logging_lib.WARNING,
+                   "gcsfs": logging_lib.WARNING, "fsspec": logging_lib.WARNING}
 
 
 class _LibraryNoise(logging_lib.Filter):
