@@ -13,24 +13,22 @@
         --clip=~/models/clip-vit-base-patch16 --output=eval
 
 Samples with the sampling library of `python -m mdm_jax.sample` (same flags, batches split
-over every device), or reads --images=FOLDER. Writes OUTPUT/report.json (the numbers and
+over every device; the multi-process flags of mdm_jax.parallel.distributed), or reads
+--images=FOLDER (mdm_jax.evaluation.report). Writes OUTPUT/report.json (the numbers and
 the settings) and OUTPUT/grid.png (the first samples, every level side by side), and
 prints the report. The shapes judge is used by default for models trained on shapes.
 """
-import json
 import os
 import sys
 
-import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from mdm_jax.diffusion.config import THRESHOLDS
-from mdm_jax.evaluation import images as images_lib
-from mdm_jax.evaluation import inception, metrics
+from mdm_jax.evaluation import inception, report
+from mdm_jax.parallel import distributed
 from mdm_jax.runs import checkpoints as checkpoints_lib
 from mdm_jax.sampling import generate
-from mdm_jax.sampling import images as sample_images
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (default: the one saved "
                                 "with --checkpoint).", lock_config=True)
@@ -75,27 +73,6 @@ def run_config():
     return checkpoints_lib.saved_run_config(FLAGS.checkpoint, FLAGS.stage)
 
 
-def make_evaluators(config):
-    return metrics.Evaluators.create(metrics.judge_path(FLAGS.judge, config),
-                                     FLAGS.inception_weights,
-                                     FLAGS.inception_mode, FLAGS.clip)
-
-
-def write_reference():
-    config = run_config()
-    evaluators = make_evaluators(config)
-    data = config.data
-    batches = images_lib.dataset_batches(data, FLAGS.num_reference)
-    statistics = metrics.reference_statistics(evaluators, batches)
-    metrics.save_reference(FLAGS.write_reference, statistics, dataset=data.dataset,
-                           split=data.split, image_size=data.image_size,
-                           num_images=FLAGS.num_reference,
-                           inception_mode=FLAGS.inception_mode)
-    print(f"Wrote reference statistics ({', '.join(sorted(statistics))}) of "
-          f"{FLAGS.num_reference} {data.dataset}/{data.split} images to "
-          f"{FLAGS.write_reference}")
-
-
 def read_conditions():
     prompts = ()
     if FLAGS.prompts:
@@ -107,68 +84,41 @@ def read_conditions():
     return prompts, labels
 
 
-def sampled_images(config, prompts, labels):
-    """(levels, conditions) sampled from --checkpoint; a class-conditional model without
-    --labels samples every class in turn."""
-    num_classes = config.model.get("num_classes", 0)
-    if not labels and not prompts and num_classes and config.text.kind == "none":
-        labels = tuple(range(num_classes))
-    options = generate.Options(
-        stage=FLAGS.stage, prompts=prompts, labels=labels, num_samples=FLAGS.num_samples,
-        num_steps=FLAGS.num_steps, sampler=FLAGS.sampler, eta=FLAGS.eta,
-        guidance=FLAGS.guidance, negative_prompt=FLAGS.negative_prompt,
-        threshold=FLAGS.threshold, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
-    return generate.sample_checkpoint(config, FLAGS.checkpoint, options)
-
-
-def evaluate():
+def run():
+    networks = report.Networks(FLAGS.judge, FLAGS.inception_weights, FLAGS.inception_mode,
+                               FLAGS.clip)
+    if FLAGS.write_reference:
+        return [report.write_reference(run_config(), networks, FLAGS.write_reference,
+                                       FLAGS.num_reference)]
     if not FLAGS.output:
         raise ValueError("Pass --output=DIR for the report.")
     if bool(FLAGS.checkpoint) == bool(FLAGS.images):
         raise ValueError("Pass one of --checkpoint=RUN (to sample) or --images=FOLDER.")
     prompts, labels = read_conditions()
-    reference = metrics.load_reference(FLAGS.reference) if FLAGS.reference else None
-    settings = {"num_samples": FLAGS.num_samples, "reference": FLAGS.reference}
+    common = dict(networks=networks, output=FLAGS.output, reference=FLAGS.reference,
+                  grid_size=FLAGS.grid_size)
     if FLAGS.images:
-        config = FLAGS.config
-        images = images_lib.read_folder(FLAGS.images, FLAGS.num_samples)
-        conditions = list(prompts or labels)
-        conditions = [conditions[i % len(conditions)] for i in range(len(images))
-                      ] if conditions else []
-        levels = [images.astype(np.float32) / 127.5 - 1]
-        settings.update(images=os.path.abspath(FLAGS.images))
+        result = report.evaluate_folder(FLAGS.config, FLAGS.images, FLAGS.num_samples,
+                                        list(prompts or labels), **common)
     else:
-        config = run_config()
-        levels, conditions = sampled_images(config, prompts, labels)
-        images = levels[0]
-        settings.update(checkpoint=os.path.abspath(FLAGS.checkpoint), stage=FLAGS.stage,
-                        sampler=FLAGS.sampler, num_steps=FLAGS.num_steps,
-                        guidance=(config.sample.guidance if FLAGS.guidance is None
-                                  else FLAGS.guidance), seed=FLAGS.seed)
-    report = metrics.evaluate(make_evaluators(config), images, conditions, reference)
-    report["settings"] = settings
-    os.makedirs(FLAGS.output, exist_ok=True)
-    sample_images.write_grid(os.path.join(FLAGS.output, "grid.png"),
-                       [level[:FLAGS.grid_size] for level in levels])
-    with open(os.path.join(FLAGS.output, "report.json"), "w") as f:
-        json.dump(report, f, indent=2)
-    print(json.dumps({k: v for k, v in report.items() if k != "settings"}))
-    if "judge_accuracy" in report:
-        print(f"Judged: {100 * report['judge_accuracy']:.1f}% of {report['num_images']} "
-              f"samples show what they were asked for; grid: "
-              f"{os.path.abspath(os.path.join(FLAGS.output, 'grid.png'))}")
+        options = generate.Options(
+            stage=FLAGS.stage, prompts=prompts, labels=labels,
+            num_samples=FLAGS.num_samples, num_steps=FLAGS.num_steps, sampler=FLAGS.sampler,
+            eta=FLAGS.eta, guidance=FLAGS.guidance, negative_prompt=FLAGS.negative_prompt,
+            threshold=FLAGS.threshold, seed=FLAGS.seed, batch_size=FLAGS.batch_size)
+        result = report.evaluate_checkpoint(run_config(), FLAGS.checkpoint, options, **common)
+    return report.summary(result, FLAGS.output)
 
 
 def main(argv):
     del argv
+    distributed.initialize_from_flags()
     try:
-        if FLAGS.write_reference:
-            write_reference()
-        else:
-            evaluate()
+        lines = run()
     except (ValueError, FileNotFoundError, ImportError) as error:
         logging.debug("evaluate failed", exc_info=True)
         sys.exit(f"evaluate: {error}")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

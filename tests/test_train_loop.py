@@ -7,6 +7,7 @@ logging and checkpointing every step (see training_runs.py).
 """
 import json
 import os
+import shutil
 import signal
 import subprocess
 
@@ -19,6 +20,7 @@ from training_runs import (
     free_port,
     losses,
     run_to_end,
+    smoke_config,
     start,
     train_command,
     wait_for_step,
@@ -119,11 +121,9 @@ def test_trainable_text_encoder_trains_end_to_end(tmp_path, data_dir):
 def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninterrupted):
     from mdm_jax.conditioning.precompute import precompute_embeddings
     from mdm_jax.data import counters, records, sources, transforms
-    from mdm_jax.data.config import get_data_config
     from mdm_jax.models import text
-    data = get_data_config()
-    data.data_dir, data.image_size = data_dir, 64
-    data.shapes.image_size, data.shapes.num_examples = 64, 256
+    data = smoke_config().data  # the data set the run below trains on (uninterrupted built it)
+    data.data_dir = data_dir
     source, info = sources.open_source(data)
     captions = [transforms.decode_caption(source[i][records.CAPTION], counters.zeros())
                 for i in range(len(source))]
@@ -137,14 +137,6 @@ def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninte
         f"--config.text.precomputed_dir={output}", "--config.text.max_length=16",
         "--config.model.conditioning_feature_dim=512", NO_GRIDS))
     assert sorted(losses(workdir)) == [1, 2, 3]
-
-
-def smoke_config():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config("smoke")
 
 
 def test_grow_command_puts_the_old_stage_inside_the_new_one(tmp_path, data_dir, uninterrupted):
@@ -184,9 +176,11 @@ def test_grow_command_puts_the_old_stage_inside_the_new_one(tmp_path, data_dir, 
             str(tmp_path / "again"))
 
 
-def test_resume_with_other_worker_count_names_the_fix(uninterrupted, data_dir):
+def test_resume_with_other_worker_count_names_the_fix(uninterrupted, data_dir, tmp_path):
+    workdir = str(tmp_path / "run")
+    shutil.copytree(uninterrupted, workdir)  # the shared run stays as it was
     result = subprocess.run(
-        train_command(uninterrupted, data_dir, "--config.stages.res64.steps=5",
+        train_command(workdir, data_dir, "--config.stages.res64.steps=5",
                       "--config.data.num_workers=1"),
         cwd=ROOT, env=env_with_devices(2), capture_output=True, text=True, timeout=600)
     assert result.returncode != 0

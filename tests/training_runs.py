@@ -16,6 +16,15 @@ STEPS = ["--config.stages.res32.steps=6", "--config.stages.res64.steps=3"]
 NO_GRIDS = "--config.sample.num_samples=0"
 
 
+def smoke_config():
+    """configs/demo.py:smoke, loaded as the training command loads it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config("smoke")
+
+
 def train_command(workdir, data_dir, *extra):
     return [sys.executable, "-m", "mdm_jax.train", "--config=configs/demo.py:smoke",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",

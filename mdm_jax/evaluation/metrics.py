@@ -15,6 +15,7 @@ import jax
 import numpy as np
 
 from mdm_jax.evaluation import fid, inception
+from mdm_jax.evaluation import images as images_lib
 from mdm_jax.evaluation import judge as judge_lib
 
 INCEPTION, JUDGE = "inception", "judge"
@@ -87,6 +88,17 @@ def reference_statistics(evaluators, batches):
         for name, feats in evaluators.features(images).items():
             stats[name].add(feats)
     return {name: s.statistics() for name, s in stats.items()}
+
+
+def write_dataset_reference(evaluators, data_config, num_images, directory):
+    """Reference statistics of the first num_images images of a data set's configured
+    split, saved to directory; returns their feature spaces."""
+    batches = images_lib.dataset_batches(data_config, num_images)
+    statistics = reference_statistics(evaluators, batches)
+    save_reference(directory, statistics, dataset=data_config.dataset,
+                   split=data_config.split, image_size=data_config.image_size,
+                   num_images=num_images, inception_mode=evaluators.inception_mode)
+    return sorted(statistics)
 
 
 def save_reference(directory, statistics, **info):

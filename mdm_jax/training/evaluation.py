@@ -12,7 +12,6 @@ import jax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from mdm_jax.evaluation import images as images_lib
 from mdm_jax.evaluation import metrics
 from mdm_jax.sampling import generate
 
@@ -37,12 +36,8 @@ class TrainingEvaluation:
             directory = str(self.run_dir.eval_reference(stage.image_size))
             if not os.path.isdir(directory):
                 if jax.process_index() == 0:
-                    batches = images_lib.dataset_batches(data_config, self.eval.num_reference)
-                    statistics = metrics.reference_statistics(self.evaluators, batches)
-                    metrics.save_reference(directory, statistics, dataset=data_config.dataset,
-                                           split=data_config.split,
-                                           image_size=stage.image_size,
-                                           num_images=self.eval.num_reference)
+                    metrics.write_dataset_reference(self.evaluators, data_config,
+                                                    self.eval.num_reference, directory)
                 multihost_utils.sync_global_devices("evaluation reference written")
             self._references[stage.image_size] = metrics.load_reference(directory)
         return self._references[stage.image_size]
