@@ -6,6 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh test
 .venv/bin/ruff check .
-# Two workers (CI's machine has two cores); loadfile keeps a file's tests, and so its
-# module fixtures (a shared training run, a data set), on one worker.
-exec .venv/bin/python -m pytest -q -n 2 --dist loadfile "$@"
+# Two workers (CI's machine has two cores), each taking the next test when idle
+# (worksteal: the end-to-end tests take from seconds to minutes); the data set and the
+# training run that tests share are made once for both (tests/conftest.py).
+exec .venv/bin/python -m pytest -q -n 2 --dist worksteal "$@"

@@ -29,6 +29,7 @@ from mdm_jax.evaluation import inception, report
 from mdm_jax.parallel import distributed
 from mdm_jax.runs import checkpoints as checkpoints_lib
 from mdm_jax.sampling import generate
+from mdm_jax.training import metrics
 
 config_flags.DEFINE_config_file("config", None, "Experiment config (default: the one saved "
                                 "with --checkpoint).", lock_config=True)
@@ -112,6 +113,7 @@ def run():
 
 def main(argv):
     del argv
+    metrics.quiet_library_logs()  # Orbax's INFO lines: one a checkpoint read
     distributed.initialize_from_flags()
     try:
         lines = run()

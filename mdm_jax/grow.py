@@ -14,6 +14,7 @@ from ml_collections import config_flags
 
 from mdm_jax.parallel import distributed
 from mdm_jax.runs import growth
+from mdm_jax.training import metrics
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
 flags.DEFINE_string("stage", None, "The stage to grow into (a key of config.stages).")
@@ -25,6 +26,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    metrics.quiet_library_logs()  # Orbax's INFO lines: one a checkpoint read
     distributed.initialize_from_flags()
     directory = growth.write_grown_checkpoint(FLAGS.config, FLAGS.stage,
                                               FLAGS.from_checkpoint, FLAGS.workdir)

@@ -19,6 +19,7 @@ from mdm_jax.diffusion.config import THRESHOLDS
 from mdm_jax.parallel import distributed
 from mdm_jax.runs import checkpoints as checkpoints_lib
 from mdm_jax.sampling import generate
+from mdm_jax.training import metrics
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file (default: the "
                                 "config saved with the checkpoint).", lock_config=True)
@@ -55,6 +56,7 @@ def read_prompts():
 
 def main(argv):
     del argv
+    metrics.quiet_library_logs()  # Orbax's INFO lines: one a checkpoint read
     distributed.initialize_from_flags()
     options = generate.Options(
         stage=FLAGS.stage, prompts=read_prompts(),

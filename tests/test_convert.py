@@ -99,6 +99,10 @@ def test_a_converted_model_fine_tunes_from_its_saved_config(reference_model, dat
                 "--config.stages.res64.steps=2", "--config.stages.res64.global_batch_size=8",
                 "--config.data.dataset=shapes", f"--config.data.data_dir={data_dir}",
                 "--config.data.shapes.image_size=64", "--config.data.shapes.num_examples=256",
+                # The demo's scenes, which data_dir holds already: no build here.
+                "--config.data.shapes.max_objects=1", "--config.data.shapes.min_size=large",
+                "--config.data.shapes.plain_background=True", "--config.data.shapes.centred=True",
+                "--config.data.shapes.upright=True",
                 "--config.data.num_workers=0", "--config.log_every=1",
                 "--config.checkpoint_every=1", "--config.model.dtype=float32", NO_GRIDS])
     assert ckpt_lib.latest_step(os.path.join(run_dir, "checkpoints", "res64")) == 2
