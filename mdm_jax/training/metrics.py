@@ -15,7 +15,6 @@ import jax
 import numpy as np
 import tqdm
 from absl import logging
-from tensorboardX import SummaryWriter
 
 from mdm_jax.data import counters as counters_lib
 
@@ -86,6 +85,9 @@ class MetricsLog:
         self.counters = DataCounters()
         self.bar = None
         if self.enabled:
+            # Here, not at the top: tensorboardX imports torch when it is installed (2 s),
+            # which the sample and evaluate commands (they import this module) don't need.
+            from tensorboardX import SummaryWriter  # noqa: PLC0415
             self.tensorboard = SummaryWriter(str(run_dir.tensorboard))
 
     def _records(self):
