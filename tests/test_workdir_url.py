@@ -85,9 +85,8 @@ def test_training_writes_to_and_resumes_from_a_gcs_workdir(gcs_env, data_dir):
 
     prefix = "runs/smoke/"
     names = [n[len(prefix):] for n in _objects(gcs_env, prefix)]
-    metrics = [n for n in names if n == "metrics.jsonl"]
-    assert metrics and "config.json" in names
-    assert not any(n == "lock" for n in names)  # released at the end of each run
+    assert "metrics.jsonl" in names and "config.json" in names
+    assert "lock" not in names  # released at the end of each run
     assert any(n.startswith("tensorboard/") for n in names)
     assert "samples/res64_step0000001.png" in names
     checkpoint_steps = {stage: sorted({int(n.split("/")[2]) for n in names
