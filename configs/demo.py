@@ -13,6 +13,16 @@ from mdm_jax.models import config as model_config
 from mdm_jax.runs import defaults
 
 
+def labelled_model(inner, outer):
+    """The two-level model, conditioned on the label as shape x colour: one embedding per
+    attribute, so that each shape is learned from all ten colours' examples
+    (docs/experiments.md: the demo's recipe)."""
+    outer.inner = inner
+    return model_config.model_config(
+        outer, num_classes=len(shapes_render.CLASS_NAMES),
+        class_factors=(len(shapes_render.SHAPES), len(shapes_render.COLOURS)))
+
+
 def get_config(arg=None):
     cfg = defaults.base_config()
     inner = model_config.level_config(
@@ -23,12 +33,7 @@ def get_config(arg=None):
         resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
         num_attention_layers=[0, 0], temporal_dim=128, num_groups_norm=8,
         skip_mid_blocks=True, micro_conditioning="")
-    outer.inner = inner
-    # The label is shape x colour: one embedding per attribute, so that each shape is learned
-    # from all ten colours' examples (docs/experiments.md: the demo's recipe).
-    cfg.model = model_config.model_config(
-        outer, num_classes=len(shapes_render.CLASS_NAMES),
-        class_factors=(len(shapes_render.SHAPES), len(shapes_render.COLOURS)))
+    cfg.model = labelled_model(inner, outer)
 
     cfg.data = get_data_config()
     cfg.data.dataset = "shapes"
@@ -61,6 +66,18 @@ def get_config(arg=None):
     cfg.sample.guidance = 4.0
 
     if arg == "smoke":
+        # A smaller model of the same shape (two levels, attention in the inner one, both
+        # label factors): the tests' many runs mostly pay XLA's compile time, which grows
+        # with the model's layers and widths.
+        inner = model_config.level_config(
+            resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
+            attention_levels=[1], num_attention_layers=[0, 1], temporal_dim=32,
+            num_groups_norm=8, micro_conditioning="")
+        outer = model_config.level_config(
+            resolution_channels=[8, 16], num_resnets_per_resolution=[1, 1],
+            num_attention_layers=[0, 0], temporal_dim=32, num_groups_norm=8,
+            skip_mid_blocks=True, micro_conditioning="")
+        cfg.model = labelled_model(inner, outer)
         cfg.data.shapes.num_examples = 256
         cfg.stages.res32.steps = 4
         cfg.stages.res64.steps = 4

