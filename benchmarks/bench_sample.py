@@ -25,7 +25,7 @@ from mdm_jax.conditioning.text import TextConditioning
 from mdm_jax.models import build_model
 from mdm_jax.models import text as text_lib
 from mdm_jax.parallel import sharding
-from mdm_jax.runs.stages import fresh_params, plan_stages
+from mdm_jax.runs.stages import plan_stages, sharded_fresh_params
 from mdm_jax.sampling import sampler as samples
 
 config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
@@ -45,8 +45,7 @@ def main(argv):
     rules = tuple(tuple(r) for r in config.sharding_rules)
     device = jax.devices()[0]
     text = TextConditioning.create(config, mesh, rules)
-    params, _ = sharding.create_sharded(lambda: fresh_params(stage, text, 0),
-                                         mesh, rules)
+    _, params = sharded_fresh_params(stage, text, 0, mesh, rules)
     model = build_model(stage.model_config)
     size, batch_size = stage.image_size, FLAGS.batch_size
     shape = (batch_size, size, size, stage.model_config.input_channels)

@@ -60,10 +60,11 @@ def data_dir(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def uninterrupted(tmp_path_factory, data_dir):
-    """A demo.py:smoke run of 6 + 3 steps, logging and checkpointing every step."""
+    """A demo.py:smoke run of 6 + 3 steps, logging every step, saving at the stage ends
+    (what the tests that share it read)."""
     from training_runs import run_to_end, train_command
-    return made_once(tmp_path_factory, "uninterrupted",
-                     lambda workdir: run_to_end(train_command(workdir, data_dir)))
+    return made_once(tmp_path_factory, "uninterrupted", lambda workdir: run_to_end(
+        train_command(workdir, data_dir, "--config.checkpoint_every=10")))
 
 
 @pytest.fixture(scope="session")

@@ -19,7 +19,7 @@ from mdm_jax.runs import checkpoints as ckpt_lib
 from mdm_jax.runs.stages import plan_stages
 from mdm_jax.sampling import generate
 from reference_model import CAPTIONS
-from training_runs import NO_GRIDS, run_to_end
+from training_runs import COMPILE_CACHE, NO_GRIDS, run_to_end
 
 # End to end: real training runs and commands (python -m pytest -m 'not slow' skips them).
 pytestmark = pytest.mark.slow
@@ -104,7 +104,8 @@ def test_a_converted_model_fine_tunes_from_its_saved_config(reference_model, dat
                 "--config.data.shapes.plain_background=True", "--config.data.shapes.centred=True",
                 "--config.data.shapes.upright=True",
                 "--config.data.num_workers=0", "--config.log_every=1",
-                "--config.checkpoint_every=1", "--config.model.dtype=float32", NO_GRIDS])
+                "--config.checkpoint_every=1", "--config.model.dtype=float32",
+                f"--config.compile_cache_dir={COMPILE_CACHE}", NO_GRIDS])
     assert ckpt_lib.latest_step(os.path.join(run_dir, "checkpoints", "res64")) == 2
     with open(os.path.join(run_dir, "metrics.jsonl")) as f:
         steps = [json.loads(line)["step"] for line in f if '"loss"' in line]

@@ -51,3 +51,15 @@ def test_flops_grow_with_resolution_and_training_is_three_forwards():
     # Convolutions scale with pixels (x4); attention over pixels grows faster still.
     assert large > 4 * small * 0.99
     assert training_flops_per_example(cfg, 64, 16) == TRAINING_MULTIPLIER * small
+
+
+def test_a_mixed_ratio_counts_each_level_on_its_rows_only():
+    cfg = small_text_nested_model()
+    def flops(rows):
+        return forward_flops_per_example(cfg, 64, text_length=16, level_rows=rows)
+    full = forward_flops_per_example(cfg, 64, text_length=16)
+    assert flops((2, 2)) == full
+    inner_only = flops((0, 2))  # the outer level on no rows
+    assert 0 < inner_only < full
+    # Half the rows at 64²: per example, halfway between the two.
+    assert flops((1, 2)) == pytest.approx((full + inner_only) / 2, rel=1e-12)

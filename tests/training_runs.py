@@ -14,6 +14,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = ["--config.stages.res32.steps=6", "--config.stages.res64.steps=3"]
 # For runs that check losses or checkpoints only: no sample grids to compile and draw.
 NO_GRIDS = "--config.sample.num_samples=0"
+COMPILE_CACHE = os.path.join(ROOT, ".pytest_cache", "jax_compile_cache")
 
 
 def smoke_config():
@@ -28,10 +29,8 @@ def smoke_config():
 def train_command(workdir, data_dir, *extra):
     return [sys.executable, "-m", "mdm_jax.train", "--config=configs/demo.py:smoke",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}",
-            "--config.log_every=1", "--config.checkpoint_every=1", *STEPS, *extra]
-
-
-COMPILE_CACHE = os.path.join(ROOT, ".pytest_cache", "jax_compile_cache")
+            "--config.log_every=1", "--config.checkpoint_every=1",
+            f"--config.compile_cache_dir={COMPILE_CACHE}", *STEPS, *extra]
 
 
 def env_with_devices(count):

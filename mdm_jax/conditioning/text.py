@@ -102,7 +102,11 @@ class TextConditioning:
         text = encoder_config(config)
         if text.kind != "t5":
             return cls(text, text_lib.build_text_encoder(text))
-        shardings = sharding.tree_shardings(text_lib.abstract_params(text), mesh, rules)
+        abstract = text_lib.abstract_params(text)
+        if not text.t5.checkpoint_dir:  # random weights (benchmarks), made leaf by leaf
+            params = sharding.create_leafwise(abstract, mesh, rules, seed=0)
+            return cls(text, text_lib.build_text_encoder(text), params)
+        shardings = sharding.tree_shardings(abstract, mesh, rules)
         module, params = text_lib.load_text_encoder(text, shardings=shardings)
         return cls(text, module, params)
 

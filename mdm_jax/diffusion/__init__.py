@@ -5,7 +5,13 @@ from mdm_jax.diffusion.config import (
     level_fractions,
 )
 from mdm_jax.diffusion.dpm_solver import dpm_solver_sample, solver_coefficients
-from mdm_jax.diffusion.loss import batch_loss, multires_loss, sample_loss_noise
+from mdm_jax.diffusion.loss import (
+    batch_loss,
+    example_weights,
+    micro_batch_order,
+    multires_loss,
+    sample_loss_noise,
+)
 from mdm_jax.diffusion.process import (
     add_noise,
     as_prediction,

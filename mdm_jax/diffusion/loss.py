@@ -74,14 +74,49 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
         if i == 0 or config.use_double_loss:
             loss = loss + level_weights[i] * (mse / fractions[i])
 
+    return loss, {"mse": mses, "example_weight": example_weights(config, times)}
+
+
+def example_weights(config, times):
+    """[B]: the VDM weights of the time steps when config.use_vdm_loss_weights, else ones."""
     if config.use_vdm_loss_weights:
         vdm = schedules.vdm_loss_weights(config.base_gammas())
-        example_weight = jnp.asarray(vdm)[times + 1]
-    else:
-        example_weight = jnp.ones((batch,), jnp.float32)
-    return loss, {"mse": mses, "example_weight": example_weight}
+        return jnp.asarray(vdm)[times + 1]
+    return jnp.ones(times.shape, jnp.float32)
 
 
 def batch_loss(loss, example_weight):
     """The scalar to minimise: the example_weight-weighted mean of the per-example losses."""
     return jnp.sum(loss * example_weight) / jnp.sum(example_weight)
+
+
+def micro_batch_order(mixed_ratio, batch_size, num_levels, num_micro_batches):
+    """A permutation of the batch's rows that, cut into `num_micro_batches` equal parts,
+    gives each part the same share of every level's rows, first.
+
+    Level i trains on the first rows_i rows (nested prefixes). Taking the same slice of
+    each stretch between prefix ends for every part means that the mixed ratio applied to
+    a part's own rows selects exactly the rows it selects in the whole batch: gradients
+    accumulated over the parts equal the whole batch's.
+    """
+    rows = level_batch_sizes(mixed_ratio, batch_size, num_levels)
+    ends = sorted(set(rows) | {batch_size})
+    starts = [0] + ends[:-1]
+    order = []
+    for part in range(num_micro_batches):
+        for start, end in zip(starts, ends):
+            length = end - start
+            if length % num_micro_batches:
+                raise ValueError(
+                    f"A batch of {batch_size} under mixed_ratio {mixed_ratio} has levels on "
+                    f"rows {rows}, which {num_micro_batches} micro-batches can't share "
+                    "equally: choose a global_batch_size (or gradient_accumulation_steps) "
+                    "that divides each level's row count.")
+            step = length // num_micro_batches
+            order.extend(range(start + part * step, start + (part + 1) * step))
+    if level_batch_sizes(mixed_ratio, batch_size // num_micro_batches, num_levels) != tuple(
+            r // num_micro_batches for r in rows):  # the ratio's rounding on the smaller part
+        raise ValueError(f"mixed_ratio {mixed_ratio} rounds a micro-batch of "
+                         f"{batch_size // num_micro_batches} rows differently from a batch of "
+                         f"{batch_size}: choose another gradient_accumulation_steps.")
+    return order

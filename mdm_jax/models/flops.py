@@ -57,20 +57,32 @@ def jaxpr_matmul_flops(jaxpr):
     return total
 
 
-def forward_flops_per_example(model_config, image_size, text_length=128):
-    """Matmul and convolution FLOPs of one forward pass over all levels, per example."""
+def forward_flops_per_example(model_config, image_size, text_length=128, level_rows=None):
+    """Matmul and convolution FLOPs of one forward pass over all levels, per example.
+
+    level_rows: the rows each level runs on (highest resolution first) in a batch of
+    max(level_rows) examples, as a mixed ratio makes them (diffusion.level_batch_sizes);
+    default every row at every level.
+    """
     config = model_config.copy_and_resolve_references()
     config.attention_impl = None  # the XLA attention path traces to plain matmuls
     model = build_model(config)
     params = jax.eval_shape(lambda: init_params(config, jax.random.key(0), image_size))
     xs, kwargs = example_inputs(config, image_size, batch_size=1, text_length=text_length)
+    batch = 1
+    if level_rows is not None:
+        batch = max(level_rows)
+        xs, kwargs = example_inputs(config, image_size, batch_size=batch,
+                                    text_length=text_length)
+        xs = [x[:rows] for x, rows in zip(xs, level_rows)]
     closed = jax.make_jaxpr(lambda p: model.apply({"params": p}, xs, **kwargs))(params)
-    return jaxpr_matmul_flops(closed.jaxpr)
+    return jaxpr_matmul_flops(closed.jaxpr) / batch
 
 
-def training_flops_per_example(model_config, image_size, text_length=128):
+def training_flops_per_example(model_config, image_size, text_length=128, level_rows=None):
     """Forward plus backward FLOPs of one training example (3x the forward)."""
-    return TRAINING_MULTIPLIER * forward_flops_per_example(model_config, image_size, text_length)
+    return TRAINING_MULTIPLIER * forward_flops_per_example(model_config, image_size,
+                                                           text_length, level_rows)
 
 
 def parameter_count(params):

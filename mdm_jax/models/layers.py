@@ -11,6 +11,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdm_jax.models.initializers import LECUN_NORMAL, ONES, ZEROS, partitioned
+
 # The reference (PyTorch) uses eps 1e-5 for GroupNorm and LayerNorm; Flax defaults to 1e-6.
 NORM_EPS = 1e-5
 # Attention layers always use 8 heads and GroupNorm(32, C), whatever the ResNets use.
@@ -20,45 +22,40 @@ ATTENTION_GROUPS = 32
 Dtype = Any
 
 
-def _partitioned(init, axes):
-    """Attaches logical axis names, mapped to mesh axes by the training config's rules."""
-    return nn.with_logical_partitioning(init, axes)
-
-
 def conv3x3(features, name, dtype, stride=1, zero_init=False):
     """3x3 conv with explicit padding 1 on every side (also for stride 2, unlike 'SAME').
 
     `name` is None inside `setup`, where Flax names submodules after their attribute.
     """
-    init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+    init = ZEROS if zero_init else LECUN_NORMAL
     return nn.Conv(
         features, (3, 3), strides=(stride, stride), padding=((1, 1), (1, 1)),
         dtype=dtype, name=name,
-        kernel_init=_partitioned(init, ("kh", "kw", "conv_in", "conv_out")),
-        bias_init=_partitioned(nn.initializers.zeros, ("conv_out",)))
+        kernel_init=partitioned(init, ("kh", "kw", "conv_in", "conv_out")),
+        bias_init=partitioned(ZEROS, ("conv_out",)))
 
 
 def dense(features, name, dtype, use_bias=True, zero_init=False):
     """A linear layer; also used for the reference's 1x1 convs (same math on NHWC)."""
-    init = nn.initializers.zeros if zero_init else nn.initializers.lecun_normal()
+    init = ZEROS if zero_init else LECUN_NORMAL
     return nn.Dense(
         features, use_bias=use_bias, dtype=dtype, name=name,
-        kernel_init=_partitioned(init, ("embed_in", "embed_out")),
-        bias_init=_partitioned(nn.initializers.zeros, ("embed_out",)))
+        kernel_init=partitioned(init, ("embed_in", "embed_out")),
+        bias_init=partitioned(ZEROS, ("embed_out",)))
 
 
 def group_norm(num_groups, name):
     return nn.GroupNorm(
         num_groups=num_groups, epsilon=NORM_EPS, dtype=jnp.float32, name=name,
-        scale_init=_partitioned(nn.initializers.ones, ("norm",)),
-        bias_init=_partitioned(nn.initializers.zeros, ("norm",)))
+        scale_init=partitioned(ONES, ("norm",)),
+        bias_init=partitioned(ZEROS, ("norm",)))
 
 
 def layer_norm(name):
     return nn.LayerNorm(
         epsilon=NORM_EPS, dtype=jnp.float32, name=name,
-        scale_init=_partitioned(nn.initializers.ones, ("norm",)),
-        bias_init=_partitioned(nn.initializers.zeros, ("norm",)))
+        scale_init=partitioned(ONES, ("norm",)),
+        bias_init=partitioned(ZEROS, ("norm",)))
 
 
 def gelu(x):

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax.models import layers
+from mdm_jax.models import initializers, layers
 from mdm_jax.models.config import parse_micro_conditioning
 
 Dtype = Any
@@ -129,8 +129,8 @@ class UNet(nn.Module):
             # std 0.02 made it some 50 times smaller, and short runs ignored the label.
             def table(rows):
                 return nn.Embed(rows, self.level.temporal_dim, dtype=dtype,
-                                embedding_init=nn.with_logical_partitioning(
-                                    nn.initializers.normal(1.0), ("classes", "embed_out")))
+                                embedding_init=initializers.partitioned(
+                                    initializers.normal(1.0), ("classes", "embed_out")))
             # With class_factors, one such table per attribute (its extra row: dropped).
             if self.class_factors:
                 self.class_factor_embs = [table(f + 1) for f in self.class_factors]

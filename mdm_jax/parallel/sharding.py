@@ -8,11 +8,17 @@ axes don't divide stays replicated rather than failing, so small layers (the 3-c
 output conv, say) just live whole on every device.
 
 A tree (a train state, say) is built abstractly first (`jax.eval_shape`), its shardings
-derived from the parameters' logical axis names, then materialised by a jitted init whose
+derived from the parameters' logical axis names, then materialised by jitted code whose
 out_shardings write every shard on the device that owns it: no device ever holds the
-whole model.
+whole model. Fresh parameters are made leaf by leaf (`create_leafwise`), from the
+initialiser each box remembers (mdm_jax/models/initializers.py): one small program per
+(initialiser, shape, sharding), compiled in parallel threads, instead of one program with
+hundreds of random initialisers that takes a GPU most of a minute to compile.
 """
+import concurrent.futures
+import functools
 import math
+import os
 
 import flax.linen as nn
 import jax
@@ -118,16 +124,36 @@ def _is_box(x):
     return isinstance(x, nn.LogicallyPartitioned)
 
 
-def create_sharded(make_boxed, mesh, rules, *args):
-    """Runs `make_boxed(*args)` (a pytree with logically boxed leaves) sharded.
+@functools.cache
+def _leaf_program(init, shape, dtype, leaf_sharding, seed):
+    """One leaf's init(index), compiled: its key is the seed's folded with the leaf's
+    index, so that leaves sharing a program still differ."""
+    make = jax.jit(lambda index: init(jax.random.fold_in(jax.random.key(seed), index),
+                                      shape, dtype),
+                   out_shardings=leaf_sharding)
+    return make.lower(np.uint32(0)).compile()
 
-    Returns (tree, shardings): the unboxed tree, each leaf made on the devices that own
-    it, and the matching NamedSharding tree (the train step's state shardings).
-    """
-    abstract = jax.eval_shape(make_boxed, *args)
-    shardings = tree_shardings(abstract, mesh, rules)
-    tree = jax.jit(lambda *a: nn.unbox(make_boxed(*a)), out_shardings=shardings)(*args)
-    return tree, shardings
+
+def create_leafwise(abstract_boxed, mesh, rules, seed):
+    """Fresh values for `abstract_boxed` (`jax.eval_shape` of a boxed init whose every
+    leaf's box holds its initialiser, as models/initializers.py makes them), each leaf made
+    on the devices that own it. Returns the unboxed tree."""
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(abstract_boxed, is_leaf=_is_box)
+    shardings = jax.tree_util.tree_leaves(tree_shardings(abstract_boxed, mesh, rules))
+    programs = []
+    for (path, box), leaf_sharding in zip(with_paths, shardings):
+        init = getattr(box, "init", None)
+        if init is None:
+            raise TypeError(f"Parameter {jax.tree_util.keystr(path)} has no remembered "
+                            "initialiser: create it with mdm_jax.models.initializers."
+                            "partitioned.")
+        programs.append((init, tuple(box.value.shape), box.value.dtype, leaf_sharding, seed))
+    # Compiling is most of the cost and releases the GIL: the distinct programs in threads.
+    unique = list(dict.fromkeys(programs))
+    with concurrent.futures.ThreadPoolExecutor(min(32, os.cpu_count() or 1)) as pool:
+        compiled = dict(zip(unique, pool.map(lambda p: _leaf_program(*p), unique)))
+    values = [compiled[p](np.uint32(i)) for i, p in enumerate(programs)]
+    return jax.tree_util.tree_unflatten(treedef, values)
 
 
 def abstract_with_shardings(make_boxed, mesh, rules):
@@ -138,11 +164,3 @@ def abstract_with_shardings(make_boxed, mesh, rules):
                                      is_leaf=_is_box)
     return jax.tree_util.tree_map(
         lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), unboxed, shardings)
-
-
-def rebox(boxed_like, values):
-    """`values` (a plain tree) in the logical-axis boxes of `boxed_like` (a boxed tree of
-    the same structure), so they shard as the boxes say; unboxed leaves pass through."""
-    return jax.tree_util.tree_map(
-        lambda box, value: box.replace_boxed(value) if _is_box(box) else value,
-        boxed_like, values, is_leaf=_is_box)

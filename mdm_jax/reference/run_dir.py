@@ -82,15 +82,11 @@ def write_run_dir(reference_config_path, checkpoint_path, output,
     mesh, rules = sharding.mesh_and_rules(config)
     optimizer = state_lib.make_optimizer(config.optimizer, stage.config.learning_rate,
                                          stage.config.warmup_steps)
-    boxed_like = jax.eval_shape(lambda: init_params(
-        stage.model_config, jax.random.key(0), stage.image_size, boxed=True))
-
-    def make_boxed(unet):
-        # The reference's weights in the boxes (logical axis names) of an init, which
-        # say how each is sharded.
-        return state_lib.state_from_params({"unet": sharding.rebox(boxed_like, unet)},
-                                           optimizer)
-    state, _ = sharding.create_sharded(make_boxed, mesh, rules, params)
+    abstract = jax.eval_shape(lambda: {"unet": init_params(
+        stage.model_config, jax.random.key(0), stage.image_size, boxed=True)})
+    # The reference's weights as params and EMA, laid out as the init's logical axis names say.
+    state, _ = state_lib.create_state(abstract, {"unet": params}, {"unet": params}, optimizer,
+                                      mesh, rules)
     checkpoints = checkpoints_lib.StageCheckpoints(directory, async_save=False)
     checkpoints.save(0, state, stage_checkpoint_config(config, stage))
     checkpoints.close()

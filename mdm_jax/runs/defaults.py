@@ -26,11 +26,16 @@ def diffusion_defaults():
 
 
 def stage(num_levels, steps, global_batch_size, learning_rate, warmup_steps=0,
-          multi_res_weights=None, mixed_ratio=None):
-    """One resolution stage: train the innermost `num_levels` levels of the model."""
+          multi_res_weights=None, mixed_ratio=None, gradient_accumulation_steps=1):
+    """One resolution stage: train the innermost `num_levels` levels of the model.
+
+    gradient_accumulation_steps: the global batch is run as that many micro-batches in
+    turn, their gradients summed (the same update, a fraction of the activation memory).
+    """
     cfg = ml_collections.ConfigDict(dict(
         num_levels=num_levels, steps=steps, global_batch_size=global_batch_size,
-        learning_rate=learning_rate, warmup_steps=warmup_steps))
+        learning_rate=learning_rate, warmup_steps=warmup_steps,
+        gradient_accumulation_steps=gradient_accumulation_steps))
     cfg.multi_res_weights = config_dict.placeholder(tuple)
     cfg.mixed_ratio = config_dict.placeholder(tuple)
     cfg.multi_res_weights = multi_res_weights
@@ -41,6 +46,8 @@ def stage(num_levels, steps, global_batch_size, learning_rate, warmup_steps=0,
 def base_config():
     cfg = ml_collections.ConfigDict()
     cfg.seed = 0
+    # Compiled programs kept across launches (a local folder or a URL; '' for none).
+    cfg.compile_cache_dir = "~/.cache/mdm_jax/xla"
     cfg.model = config_dict.placeholder(ml_collections.ConfigDict)
     cfg.diffusion = diffusion_defaults()
     cfg.data = config_dict.placeholder(ml_collections.ConfigDict)

@@ -19,7 +19,13 @@ from mdm_jax.parallel import sharding
 from mdm_jax.runs import checkpoints as checkpoints_lib
 from mdm_jax.runs import state as state_lib
 from mdm_jax.runs.layout import RunDir
-from mdm_jax.runs.stages import find_stage, fresh_params, plan_stages, stage_checkpoint_config
+from mdm_jax.runs.stages import (
+    find_stage,
+    fresh_params,
+    plan_stages,
+    sharded_fresh_params,
+    stage_checkpoint_config,
+)
 
 
 def _shapes(tree):
@@ -41,10 +47,9 @@ def check_inner_matches(old_unet, new_unet_boxed):
                 "inner level the architecture that stage was trained with?")
 
 
-def insert_inner(new_unet_boxed, old_unet):
-    """new_unet with its inner_unet subtree replaced by old_unet (keeping the axis names)."""
-    return {**new_unet_boxed,
-            "inner_unet": sharding.rebox(new_unet_boxed["inner_unet"], old_unet)}
+def insert_inner(new_unet, old_unet):
+    """new_unet (unboxed) with its inner_unet subtree replaced by old_unet."""
+    return {**new_unet, "inner_unet": old_unet}
 
 
 def previous_params(directory, previous, text, mesh, rules, seed):
@@ -77,16 +82,14 @@ def grown_state(config, stages, stage, text, optimizer, mesh, rules, directory):
     previous = stages[stage.index - 1]
     old_params, old_ema = previous_params(directory, previous, text, mesh, rules, config.seed)
 
-    def make_boxed(old_params, old_ema):
-        fresh = fresh_params(stage, text, config.seed)
-        check_inner_matches(old_params["unet"], fresh["unet"])
+    abstract, fresh = sharded_fresh_params(stage, text, config.seed, mesh, rules)
+    check_inner_matches(old_params["unet"], abstract["unet"])
 
-        def grown(old):
-            return {**fresh, **old, "unet": insert_inner(fresh["unet"], old["unet"])}
-        state = state_lib.state_from_params(grown(old_params), optimizer)
-        return state.replace(ema_params=grown(old_ema))
+    def grown(old):
+        return {**fresh, **old, "unet": insert_inner(fresh["unet"], old["unet"])}
     logging.info("Stage %s: grown from %s.", stage.name, directory)
-    return sharding.create_sharded(make_boxed, mesh, rules, old_params, old_ema)
+    return state_lib.create_state(abstract, grown(old_params), grown(old_ema), optimizer,
+                                  mesh, rules)
 
 
 def write_grown_checkpoint(config, stage_name, from_checkpoint, workdir):

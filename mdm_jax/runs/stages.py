@@ -12,6 +12,7 @@ import ml_collections
 from mdm_jax import diffusion
 from mdm_jax.models import config as model_config_lib
 from mdm_jax.models import init_params
+from mdm_jax.parallel import sharding
 
 
 @dataclasses.dataclass
@@ -91,9 +92,17 @@ def stage_checkpoint_config(config, stage):
 
 
 def fresh_params(stage, text, seed):
-    """Boxed fresh trainable params: the stage's UNet, and a trainable text encoder."""
+    """Boxed fresh trainable params: the stage's UNet, and a trainable text encoder (for
+    shapes and axis names; `sharded_fresh_params` makes the values)."""
     unet_key, text_key = jax.random.split(jax.random.key(seed))
     params = {"unet": init_params(stage.model_config, unet_key, stage.image_size, boxed=True)}
     if text.trainable:
         params["text"] = text.init_boxed(text_key)
     return params
+
+
+def sharded_fresh_params(stage, text, seed, mesh, rules):
+    """(abstract, params): `fresh_params`' boxed shapes, and its values made leaf by leaf
+    on `mesh` (seconds to compile, where one program of every initialiser takes a minute)."""
+    abstract = jax.eval_shape(lambda: fresh_params(stage, text, seed))
+    return abstract, sharding.create_leafwise(abstract, mesh, rules, seed)

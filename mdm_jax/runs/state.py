@@ -1,6 +1,6 @@
 """The train state, the optimizer, its learning-rate schedule and the EMA update.
 
-`mdm_jax.parallel.sharding.create_sharded` materialises a state on the mesh.
+`create_state` materialises a state on the mesh around params that are already there.
 """
 from typing import Any
 
@@ -8,6 +8,8 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
+
+from mdm_jax.parallel import sharding
 
 
 @flax.struct.dataclass
@@ -43,6 +45,20 @@ def state_from_params(params, optimizer):
                       ema_params=jax.tree_util.tree_map(jnp.copy, params),
                       opt_state=optimizer.init(params),
                       nonfinite_steps=jnp.zeros((), jnp.int32))
+
+
+def create_state(abstract_params, params, ema_params, optimizer, mesh, rules):
+    """(state, shardings): a fresh TrainState on `mesh` around `params` and `ema_params`
+    (sharded trees shaped as `abstract_params`, a boxed `jax.eval_shape` of them whose
+    logical axis names say how every part of the state is laid out)."""
+    abstract = jax.eval_shape(lambda p: state_from_params(p, optimizer), abstract_params)
+    shardings = sharding.tree_shardings(abstract, mesh, rules)
+
+    def build(params, ema_params):
+        # A copy of the EMA: it must not be the params' own buffers (the step donates both).
+        return state_from_params(params, optimizer).replace(
+            ema_params=jax.tree_util.tree_map(jnp.copy, ema_params))
+    return jax.jit(build, out_shardings=shardings)(params, ema_params), shardings
 
 
 def ema_update(ema, params, decay, step):

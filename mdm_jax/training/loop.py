@@ -5,12 +5,14 @@ growing the previous stage's final checkpoint (runs/growth.py), or from scratch 
 the first. The run directory's layout is runs/layout.py's.
 """
 import dataclasses
+import os
 
 import jax
 import numpy as np
 from absl import logging
 from jax.experimental import multihost_utils
 
+from mdm_jax import diffusion
 from mdm_jax.conditioning.text import TextConditioning, check_text, data_text_inputs
 from mdm_jax.data import pipeline as data_pipeline
 from mdm_jax.data import shapes as shapes_data
@@ -26,6 +28,7 @@ from mdm_jax.runs.lock import WorkdirLock
 from mdm_jax.runs.stages import (
     fresh_params,
     plan_stages,
+    sharded_fresh_params,
     stage_checkpoint_config,
     stage_data_config,
 )
@@ -83,7 +86,8 @@ def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, 
         previous = run_dir.stage_checkpoints(stages[stage.index - 1].name)
         return growth.grown_state(config, stages, stage, text, optimizer, mesh, rules,
                                   previous)
-    return sharding.create_sharded(make_boxed, mesh, rules)
+    abstract_params, params = sharded_fresh_params(stage, text, config.seed, mesh, rules)
+    return state_lib.create_state(abstract_params, params, params, optimizer, mesh, rules)
 
 
 def prepare_data(config):
@@ -97,11 +101,19 @@ def prepare_data(config):
         multihost_utils.sync_global_devices("shapes data set built")
 
 
+def use_compile_cache(directory):
+    """Compiled XLA programs persist in `directory` (config.compile_cache_dir, '' for
+    none), so a second launch of the same config skips most of its compile time."""
+    if directory:
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+
+
 def train(config, workdir):
     """Runs every stage of `config` in workdir (a local folder or a URL); returns a
     TrainResult. Builds the shapes data if needed, validates the config, writes it to the
     workdir, and holds the workdir's lock while it runs."""
     metrics_lib.quiet_library_logs()
+    use_compile_cache(config.get("compile_cache_dir", ""))
     prepare_data(config)
     check_text(config)
     validate(config)
@@ -156,7 +168,8 @@ class StageRun:
         step_fn = make_train_step(
             self.model, stage.diffusion, stage.scales, self.optimizer,
             state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps),
-            self.config.ema_decay, text_fn=self.text.text_fn())
+            self.config.ema_decay, text_fn=self.text.text_fn(),
+            gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1))
         return jax.jit(step_fn, donate_argnums=0,
                        out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
 
@@ -170,7 +183,10 @@ class StageRun:
         jitted = self.jitted_step()
         batch_spec = sharding.batch_sharding(self.mesh, 1).spec
         throughput = metrics_lib.Throughput(
-            training_flops_per_example(stage.model_config, stage.image_size),
+            training_flops_per_example(
+                stage.model_config, stage.image_size, config.text.max_length,
+                level_rows=diffusion.level_batch_sizes(
+                    stage.diffusion.mixed_ratio, st.global_batch_size, len(stage.scales))),
             num_chips=jax.device_count(),
             peak_flops_per_chip=metrics_lib.peak_flops_per_chip(jax.devices()[0]))
         base_key = jax.random.key(config.seed)

@@ -1,4 +1,5 @@
-"""One pure training step: loss over all levels, gradients, a guarded update, EMA.
+"""One pure training step: loss over all levels, gradients (accumulated over micro-batches
+when asked), a guarded update, EMA.
 
 `make_train_step` closes over the static parts (model, diffusion settings, optimizer);
 the returned `train_step(state, batch, rng, frozen)` is what the loop jits once, with
@@ -14,21 +15,26 @@ from mdm_jax.runs.state import ema_update
 
 
 def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn, ema_decay,
-                    text_fn=no_text):
+                    text_fn=no_text, gradient_accumulation_steps=1):
     """Builds train_step(state, batch, rng, frozen) -> (state, metrics).
 
     text_fn(trainable_params, frozen_params, batch) -> (lm_outputs, lm_mask) turns the
     batch's text into the denoiser's conditioning (a trainable encoder's params live in
     state.params beside 'unet'; a frozen encoder's come in `frozen`).
+
+    With gradient_accumulation_steps=k the batch's gradient is the sum of k micro-batches'
+    (a lax.scan, so activations of one micro-batch at a time), equal to the whole batch's:
+    the loss's times and noise are drawn for the whole batch, each micro-batch's summed
+    loss is divided by the whole batch's weight, and the rows are ordered so that a mixed
+    ratio picks the same rows (`diffusion.micro_batch_order`).
     """
     scales = tuple(scales)
     uses_labels = model.model.num_classes > 0
+    accumulate = gradient_accumulation_steps
 
-    def loss_fn(params, batch, rng, frozen):
-        noise_rng, dropout_rng = jax.random.split(rng)
+    def loss_fn(params, batch, times, noises, dropout_rng, frozen, total_weight):
+        """The batch's share of the loss: its weighted loss sum over `total_weight`."""
         images = batch["images"].astype(jnp.float32)
-        times, noises = diffusion.sample_loss_noise(
-            noise_rng, images, scales, diffusion_config.num_diffusion_steps)
         lm_outputs, lm_mask = text_fn(params, frozen, batch)
         extra = {"class_labels": batch["labels"]} if uses_labels else {}
         micros = {"scale": batch["scale"]} if "scale" in batch else {}
@@ -40,11 +46,40 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
         per_example, aux = diffusion.multires_loss(
             denoise, images, times, noises, config=diffusion_config, scales=scales,
             lm_outputs=lm_outputs, lm_mask=lm_mask, micros=micros, **extra)
-        return diffusion.batch_loss(per_example, aux["example_weight"]), aux
+        return jnp.sum(per_example * aux["example_weight"]) / total_weight, aux["mse"]
+
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def loss_and_grads(params, batch, rng, frozen):
+        noise_rng, dropout_rng = jax.random.split(rng)
+        times, noises = diffusion.sample_loss_noise(
+            noise_rng, batch["images"], scales, diffusion_config.num_diffusion_steps)
+        # = diffusion.batch_loss's denominator over the whole batch.
+        total_weight = jnp.sum(diffusion.example_weights(diffusion_config, times))
+        if accumulate == 1:
+            return grad_fn(params, batch, times, noises, dropout_rng, frozen, total_weight)
+        size = batch["images"].shape[0]
+        order = jnp.asarray(diffusion.micro_batch_order(
+            diffusion_config.mixed_ratio, size, len(scales), accumulate))
+
+        def split(x):  # [B, ...] -> [k, B / k, ...] in micro-batch order
+            return x[order].reshape(accumulate, size // accumulate, *x.shape[1:])
+        micro = jax.tree_util.tree_map(split, (batch, times, noises))
+
+        def one(carry, inputs):
+            index, (b, t, n) = inputs
+            (loss, mse), grads = grad_fn(params, b, t, n, jax.random.fold_in(dropout_rng, index),
+                                         frozen, total_weight)
+            loss_sum, grad_sum = carry
+            return (loss_sum + loss, jax.tree_util.tree_map(jnp.add, grad_sum, grads)), mse
+        zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
+        (loss, grads), mses = jax.lax.scan(
+            one, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accumulate), micro))
+        # Per level, the rows of every micro-batch back in one [B] (sums are what's logged).
+        return (loss, [m.reshape(-1) for m in mses]), grads
 
     def train_step(state, batch, rng, frozen=None):
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-            state.params, batch, rng, frozen)
+        (loss, level_mses), grads = loss_and_grads(state.params, batch, rng, frozen)
         grad_norm = optax.tree.norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -66,7 +101,7 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
                    "nonfinite_steps": new_state.nonfinite_steps}
         rows = diffusion.level_batch_sizes(diffusion_config.mixed_ratio,
                                            batch["images"].shape[0], len(scales))
-        for i, (mse, r) in enumerate(zip(aux["mse"], rows)):
+        for i, (mse, r) in enumerate(zip(level_mses, rows)):
             # Mean over the rows this level ran on (mixed ratios skip the others).
             metrics[f"mse_level{i}"] = jnp.sum(mse) / r
         return new_state, metrics

@@ -39,6 +39,12 @@ def validate(config, num_devices=None, num_processes=None):
                 f"{where}.global_batch_size={stage.global_batch_size} must be divisible by "
                 f"the {batch_shards} batch shards (mesh data x fsdp) and {num_processes} "
                 "process(es).")
+        accumulate = stage.get("gradient_accumulation_steps", 1)
+        if accumulate < 1 or stage.global_batch_size % (accumulate * batch_shards):
+            raise ValueError(
+                f"{where}.gradient_accumulation_steps={accumulate}: it must be >= 1 and "
+                f"global_batch_size={stage.global_batch_size} divisible by it times the "
+                f"{batch_shards} batch shards, so that every micro-batch splits evenly.")
         for key in ("multi_res_weights", "mixed_ratio"):
             value = stage.get(key) or config.diffusion.get(key)
             if value is not None and len(value) != stage.num_levels:

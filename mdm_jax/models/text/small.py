@@ -11,7 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from mdm_jax.models import layers
+from mdm_jax.models import initializers, layers
 
 Dtype = Any
 POSITIONS = ("learned", "sinusoidal")
@@ -58,12 +58,12 @@ class SmallTextEncoder(nn.Module):
             raise ValueError(f"{length} tokens per caption, but the small text encoder was "
                              f"built for max_length={self.max_length}; tokenize to that length.")
         x = nn.Embed(self.vocab_size, self.width, dtype=jnp.float32,
-                     embedding_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(0.02), ("vocab", "embed")),
+                     embedding_init=initializers.partitioned(
+                         initializers.normal(0.02), ("vocab", "embed")),
                      name="token_embedding")(tokens)
         if self.position == "learned":
-            table = self.param("position_embedding", nn.with_logical_partitioning(
-                nn.initializers.normal(0.02), (None, "embed")), (self.max_length, self.width))
+            table = self.param("position_embedding", initializers.partitioned(
+                initializers.normal(0.02), (None, "embed")), (self.max_length, self.width))
         else:
             table = sinusoidal_positions(self.max_length, self.width)
         x = (x + table[:length]).astype(self.dtype)

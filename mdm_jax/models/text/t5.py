@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax.models import initializers
+
 Dtype = Any
 
 # Hugging Face's `dense_act_fn` names. T5 v1.1 and Flan-T5 use "gelu_new", the tanh
@@ -128,15 +130,15 @@ def relative_position_buckets(length, num_buckets, max_distance):
 def _dense(features, name, dtype, param_dtype):
     return nn.Dense(
         features, use_bias=False, dtype=dtype, param_dtype=param_dtype, name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(),
-                                                 ("embed_in", "embed_out")))
+        kernel_init=initializers.partitioned(initializers.LECUN_NORMAL,
+                                             ("embed_in", "embed_out")))
 
 
 def _rms_norm(epsilon, param_dtype, name):
     # Computes in float32 whatever the activations; the caller casts back.
     return nn.RMSNorm(
         epsilon=epsilon, dtype=jnp.float32, param_dtype=param_dtype, name=name,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)))
+        scale_init=initializers.partitioned(initializers.ONES, ("norm",)))
 
 
 class T5SelfAttention(nn.Module):
@@ -232,14 +234,14 @@ class T5Encoder(nn.Module):
         c = self.config
         mask = mask.astype(bool)
         x = nn.Embed(c.vocab_size, c.d_model, dtype=self.dtype, param_dtype=self.param_dtype,
-                     embedding_init=nn.with_logical_partitioning(
-                         nn.initializers.normal(1.0), ("vocab", "embed")),
+                     embedding_init=initializers.partitioned(
+                         initializers.normal(1.0), ("vocab", "embed")),
                      name="shared")(tokens)
         # [buckets, heads] is tiny: replicated.
         bias_table = nn.Embed(c.relative_attention_num_buckets, c.num_heads,
                               dtype=jnp.float32, param_dtype=self.param_dtype,
-                              embedding_init=nn.with_logical_partitioning(
-                                  nn.initializers.normal(1.0), (None, None)),
+                              embedding_init=initializers.partitioned(
+                                  initializers.normal(1.0), (None, None)),
                               name="relative_attention_bias")
         buckets = relative_position_buckets(tokens.shape[1], c.relative_attention_num_buckets,
                                             c.relative_attention_max_distance)
