@@ -14,6 +14,7 @@ creating the sharded state, compiling the step, and the process start to the fir
 step's end (a second process with the same --compile_cache_dir shows a warm start).
 """
 import json
+import os
 import time
 
 import jax
@@ -31,6 +32,7 @@ from mdm_jax.parallel import sharding
 from mdm_jax.runs import state as state_lib
 from mdm_jax.runs.stages import plan_stages, sharded_fresh_params
 from mdm_jax.training import metrics
+from mdm_jax.training.loop import use_compile_cache
 from mdm_jax.training.step import make_train_step
 
 config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
@@ -39,6 +41,8 @@ flags.DEFINE_integer("steps", 10, "Timed steps, after 2 warm-up steps.")
 flags.DEFINE_enum("text", "encoder", ["encoder", "features"],
                   "Text in the step: the config's encoder, or random features of its width.")
 flags.DEFINE_integer("gradient_accumulation", 1, "Micro-batches per step.")
+flags.DEFINE_string("profile_dir", "", "Write a profiler trace of 3 steps and the "
+                    "compiled step's text there (benchmarks/trace_summary.py reads them).")
 flags.DEFINE_string("compile_cache_dir", "", "Persistent compilation cache ('': none).")
 FLAGS = flags.FLAGS
 
@@ -48,8 +52,7 @@ def main(argv):
     config = FLAGS.config
     stage = plan_stages(config)[-1]
     batch_size = FLAGS.batch_size or stage.config.global_batch_size
-    if FLAGS.compile_cache_dir:
-        jax.config.update("jax_compilation_cache_dir", FLAGS.compile_cache_dir)
+    use_compile_cache(FLAGS.compile_cache_dir)
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     device = jax.devices()[0]
@@ -85,8 +88,10 @@ def main(argv):
                                    gradient_accumulation_steps=FLAGS.gradient_accumulation),
                    donate_argnums=0, out_shardings=(shardings, sharding.replicated(mesh)))
     start = time.perf_counter()
-    step = step.lower(state, batch, jax.random.key(0), text.frozen_params).compile()
-    compile_s = time.perf_counter() - start
+    lowered = step.lower(state, batch, jax.random.key(0), text.frozen_params)
+    lower_s = time.perf_counter() - start
+    step = lowered.compile()
+    compile_s = time.perf_counter() - start - lower_s
     holder = {"state": state}
 
     def one_step():
@@ -108,7 +113,8 @@ def main(argv):
         "gradient_accumulation": FLAGS.gradient_accumulation,
         "model_dtype": config.model.dtype,
         "text": f"{config.text.kind} {'features' if features else 'encoder'}",
-        "state_s": state_s, "compile_s": compile_s, "process_to_first_step_s": first_step_s,
+        "state_s": state_s, "trace_and_lower_s": lower_s, "compile_s": compile_s,
+        "process_to_first_step_s": first_step_s,
         "unet_params_m": parameter_count(holder["state"].params["unet"]) / 1e6,
         "step_s": seconds, "images_per_s_per_chip": per_chip,
         "model_tflops_per_s_per_chip": per_chip * flops / 1e12,
@@ -122,6 +128,13 @@ def main(argv):
         result.update(text_params_m=parameter_count(text.frozen_params) / 1e6,
                       text_encoder_s=encoder_s, text_encoder_share=encoder_s / seconds)
     print(json.dumps(result), flush=True)
+    if FLAGS.profile_dir:
+        os.makedirs(FLAGS.profile_dir, exist_ok=True)
+        with open(os.path.join(FLAGS.profile_dir, "train_step.hlo.txt"), "w") as f:
+            f.write(step.as_text())
+        with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
+            for _ in range(3):
+                jax.block_until_ready(one_step())
 
 
 if __name__ == "__main__":

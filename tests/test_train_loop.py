@@ -5,6 +5,7 @@ Every run uses configs/demo.py:smoke (a few steps per stage, both stages, growth
 them) on 2 fake CPU devices (the two-process test: 1 per process against 2 in one),
 logging and checkpointing every step (see training_runs.py).
 """
+import glob
 import json
 import os
 import shutil
@@ -105,16 +106,22 @@ TEXT_WIDTH = 64
 
 
 def test_trainable_text_encoder_trains_end_to_end(tmp_path, data_dir):
-    """The small encoder's params join the train state and survive growth."""
+    """The small encoder's params join the train state and survive growth. (The run also
+    traces its second step for TensorBoard's profile plugin.)"""
     workdir = str(tmp_path)
     run_to_end(train_command(
-        workdir, data_dir, *SHORT, "--config.text.kind=small", "--config.text.max_length=16",
+        workdir, data_dir, *SHORT, "--config.profile_steps=1",
+        "--config.text.kind=small", "--config.text.max_length=16",
         f"--config.text.small.width={TEXT_WIDTH}", "--config.text.small.depth=1",
         "--config.text.small.num_heads=4",
         f"--config.model.conditioning_feature_dim={TEXT_WIDTH}",
         "--config.sample.prompts=('a red circle',)"))
     assert sorted(losses(workdir)) == [1, 2, 3]
     assert os.path.exists(os.path.join(workdir, "samples", "res64_step0000001.png"))
+    # One trace per stage (res64 has no second step to trace).
+    traces = glob.glob(os.path.join(workdir, "tensorboard", "plugins", "profile", "*",
+                                    "*.xplane.pb"))
+    assert len(traces) == 1, traces
 
 
 def test_precomputed_text_embeddings_train_end_to_end(tmp_path, data_dir, uninterrupted):

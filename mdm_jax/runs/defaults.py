@@ -62,6 +62,8 @@ def base_config():
     cfg.checkpoint_every = 1000
     cfg.keep_checkpoints = 3
     cfg.sample_every = 5000          # 0: only at the end of each stage
+    # Steps to trace for TensorBoard's profile plugin after each stage's first (0: none).
+    cfg.profile_steps = 0
     # Sampling: the grids written during training (num_samples=0: none) and the defaults
     # of python -m mdm_jax.sample, whose flags have these names.
     cfg.sample = ml_collections.ConfigDict(dict(

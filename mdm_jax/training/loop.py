@@ -6,6 +6,7 @@ the first. The run directory's layout is runs/layout.py's.
 """
 import dataclasses
 import os
+import time
 
 import jax
 import numpy as np
@@ -36,6 +37,7 @@ from mdm_jax.sampling import images, sampler
 from mdm_jax.training import metrics as metrics_lib
 from mdm_jax.training.evaluation import TrainingEvaluation
 from mdm_jax.training.preemption import PreemptionGuard
+from mdm_jax.training.profiling import StepTrace
 from mdm_jax.training.step import make_train_step
 from mdm_jax.training.validate import validate
 
@@ -103,9 +105,11 @@ def prepare_data(config):
 
 def use_compile_cache(directory):
     """Compiled XLA programs persist in `directory` (config.compile_cache_dir, '' for
-    none), so a second launch of the same config skips most of its compile time."""
+    none), so a second launch of the same config skips most of its compile time; the
+    small programs too (a state's leaf initialisers, each well under a second)."""
     if directory:
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(directory))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
 
 
 def train(config, workdir):
@@ -147,6 +151,7 @@ class StageRun:
         self.config, self.run_dir, self.stage, self.text, self.mesh = (
             config, run_dir, stage, text, mesh)
         self.log = log
+        self.created_at = time.perf_counter()
         st = stage.config
         self.optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate,
                                                   st.warmup_steps)
@@ -190,8 +195,10 @@ class StageRun:
             num_chips=jax.device_count(),
             peak_flops_per_chip=metrics_lib.peak_flops_per_chip(jax.devices()[0]))
         base_key = jax.random.key(config.seed)
+        trace = StepTrace(config.get("profile_steps", 0), start, self.run_dir.tensorboard)
         metrics, stop, done = None, False, start
         for step in range(start, st.steps):
+            trace.before(step)
             host_batch = next(self.data_iterator)
             self.log.counters.add(host_batch)
             batch = data_pipeline.to_global_arrays(data_pipeline.model_inputs(host_batch),
@@ -202,8 +209,12 @@ class StageRun:
                 # Throughput counts from the end of the first step: compilation isn't training.
                 jax.block_until_ready(metrics)
                 throughput.reset()
+                self.log.message(f"Stage {stage.name}: first step done "
+                                 f"{time.perf_counter() - self.created_at:.1f} s after the "
+                                 "stage began (state, data, compile).")
             else:
                 throughput.count(st.global_batch_size)
+            trace.after(step, metrics)
             done = step + 1
             stop = guard.should_stop(sync=done % config.log_every == 0)
             save = done % config.checkpoint_every == 0 or done == st.steps or stop
@@ -216,6 +227,7 @@ class StageRun:
                 self.periodic_actions(done, save, stop, evaluation)
             if stop:
                 break
+        trace.finish(metrics)
         self.checkpoints.wait()
         self.checkpoints.close()
         final = {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
