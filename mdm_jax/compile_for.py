@@ -1,0 +1,43 @@
+"""Compiles a config's train step for a TPU slice this machine doesn't have, and says
+whether it fits: python -m mdm_jax.compile_for --config=configs/NAME.py --topology=v5p:4x4x4
+
+Needs libtpu (pip install -e '.[tpu]'); runs on any host, no TPU needed. Prints one JSON
+line: chips, mesh, per-chip memory, FLOPs per chip and collectives of the step (the
+config's last stage, or --stage; its global batch, or --batch_size). Exits 1 with one line
+naming the fixes when the step needs more memory than a chip has (or --hbm_gib).
+"""
+import json
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from mdm_jax.training import ahead_of_time
+
+config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+flags.DEFINE_string("topology", None, "A TPU slice: 'v5e:16x16', 'v5p:4x4x4', ...")
+flags.DEFINE_string("stage", None, "Stage to compile (default: the config's last).")
+flags.DEFINE_integer("batch_size", None, "Global batch (default: the stage's).")
+flags.DEFINE_float("hbm_gib", None, "Memory per chip to fit in (default: the chip's).")
+flags.mark_flags_as_required(["config", "topology"])
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    del argv
+    devices = ahead_of_time.topology_devices(FLAGS.topology)
+    report = ahead_of_time.compile_train_step(FLAGS.config, devices, FLAGS.stage,
+                                              FLAGS.batch_size)
+    if FLAGS.hbm_gib is not None:
+        report["hbm_bytes"] = int(FLAGS.hbm_gib * 2**30)
+    print(json.dumps(report), flush=True)
+    limit = report["hbm_bytes"]
+    if limit and report["per_chip_memory_bytes"] > limit:
+        sys.exit(f"The step needs {report['per_chip_memory_bytes'] / 2**30:.2f} GiB per chip "
+                 f"on {FLAGS.topology}, more than its {limit / 2**30:.2f} GiB: shard more "
+                 "(--config.mesh.fsdp), lower the global batch, or set "
+                 "--config.stages.<stage>.gradient_accumulation_steps.")
+
+
+if __name__ == "__main__":
+    app.run(main)

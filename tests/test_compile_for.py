@@ -1,0 +1,31 @@
+"""python -m mdm_jax.compile_for: the demo's 32² step compiled for a 4-chip TPU v5e slice on
+this CPU (libtpu from the test extra describes the slice; no TPU is needed)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from training_runs import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_step_compiles_for_a_tpu_slice_and_a_chip_too_small_is_named():
+    pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
+    # One compile for both: the report, then the refusal for a chip of 1 MiB.
+    result = subprocess.run(
+        [sys.executable, "-m", "mdm_jax.compile_for", "--config=configs/demo.py:smoke",
+         "--stage=res32", "--topology=v5e:2x2", "--hbm_gib=0.0009765625"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    report = json.loads(next(line for line in result.stdout.splitlines()
+                             if line.startswith("{")))
+    assert report["device_kind"] == "TPU v5 lite" and report["chips"] == 4
+    assert report["mesh"] == {"data": 4, "fsdp": 1} and report["stage"] == "res32"
+    # Data parallel: the gradients are summed across the chips.
+    assert report["collectives"]["all-reduce"] >= 1
+    assert report["flops_per_chip"] > 0
+    assert report["per_chip_memory_bytes"] > report["per_chip_arguments_bytes"] > 0
+    assert result.returncode == 1
+    assert "more than its 0.00 GiB" in result.stderr
+    assert "gradient_accumulation_steps" in result.stderr
