@@ -155,6 +155,43 @@ def test_fresh_nested_model_keeps_inner_output_unchanged_by_outer_layers():
     assert float(jnp.abs(out[0]).max()) == 0.0
 
 
+@pytest.mark.slow
+def test_remat_levels_keep_params_outputs_and_gradients():
+    """Rematerialising a level (config `remat`) recomputes activations in the backward
+    pass: the same parameter tree, and the plain model's loss and gradients."""
+    plain = small_nested_config(num_classes=5)
+    rematted = copy.deepcopy(plain)
+    rematted.unet.remat = rematted.unet.inner.remat = True
+    params = init_params(plain, jax.random.key(0), 32)
+    # Non-zero output convs and adapters, so that every layer gets a gradient.
+    params = jax.tree_util.tree_map(
+        lambda x: x + 0.05 * jnp.sin(jnp.arange(x.size).reshape(x.shape)), params)
+    assert (jax.tree_util.tree_structure(params) == jax.tree_util.tree_structure(
+        jax.eval_shape(lambda: init_params(rematted, jax.random.key(0), 32))))
+    xs, kwargs = example_inputs(plain, 32, batch_size=2)
+    xs = [jax.random.normal(jax.random.key(i), x.shape) for i, x in enumerate(xs)]
+    kwargs["class_labels"] = jnp.array([1, 3])
+
+    def loss_and_grads(cfg):
+        model = build_model(cfg)
+        def loss(p):
+            return sum(jnp.sum(jnp.sin(o)) for o in model.apply({"params": p}, xs, **kwargs))
+        return jax.jit(jax.value_and_grad(loss))(params)
+
+    def checkpointed_blocks(cfg):
+        model = build_model(cfg)
+        jaxpr = jax.make_jaxpr(lambda p: model.apply({"params": p}, xs, **kwargs))(params)
+        return str(jaxpr).count("remat2[")
+    assert checkpointed_blocks(plain) == 0 and checkpointed_blocks(rematted) > 0
+    (loss0, grads0), (loss1, grads1) = loss_and_grads(plain), loss_and_grads(rematted)
+    np.testing.assert_allclose(loss0, loss1, rtol=1e-6)
+    assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree_util.tree_leaves(grads0))
+    # Recomputed activations are summed in another order: float32 rounding apart, against
+    # each gradient's own scale.
+    for a, b in zip(jax.tree_util.tree_leaves(grads0), jax.tree_util.tree_leaves(grads1)):
+        assert float(jnp.abs(a - b).max()) <= 1e-5 * float(jnp.abs(a).max())
+
+
 def test_class_labels_condition_the_output_and_minus_one_is_the_null_label():
     cfg = small_nested_config(num_classes=5)
     params = init_params(cfg, jax.random.key(0), 32)

@@ -24,6 +24,7 @@ def level_config(**overrides):
         num_groups_norm=32,
         use_attention_ffn=False,
         dropout=0.0,
+        remat=False,                      # recompute this level's activations in backward
         skip_mid_blocks=False,            # a nested level never has mid blocks
         skip_normalization=True,          # nested levels: divide the input by its std
         skip_inner_unet_input=False,      # nested levels: don't feed features inward

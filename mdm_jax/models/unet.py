@@ -45,20 +45,26 @@ class Stage(nn.Module):
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
     attention_impl: Optional[str] = None
+    remat: bool = False  # recompute each ResNet's and attention layer's activations
 
     @nn.compact
     def __call__(self, x, temb, cond, skips=None, deterministic=True):
         """Returns the output and the activations a down block records as skips."""
+        resnet, attention = layers.ResNet, layers.Attention
+        if self.remat:
+            # Same parameters and names; the backward pass recomputes what it needs.
+            resnet = nn.remat(layers.ResNet, static_argnums=(3,))
+            attention = nn.remat(layers.Attention)
         recorded = []
         for j in range(self.num_resnets):
             if skips is not None:
                 x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
-            x = layers.ResNet(self.out_channels, self.num_groups, self.dropout, self.dtype,
-                              name=f"resnets_{j}")(x, temb, deterministic)
+            x = resnet(self.out_channels, self.num_groups, self.dropout, self.dtype,
+                       name=f"resnets_{j}")(x, temb, deterministic)
             for a in range(self.num_attention_layers):
-                x = layers.Attention(self.use_attention_ffn, self.dtype, self.attention_impl,
-                                     name=f"attn_{j * self.num_attention_layers + a}")(
-                                         x, cond.tokens, cond.mask)
+                x = attention(self.use_attention_ffn, self.dtype, self.attention_impl,
+                              name=f"attn_{j * self.num_attention_layers + a}")(
+                                  x, cond.tokens, cond.mask)
             recorded.append(x)
         if self.resample == "down":
             x = layers.conv3x3(self.out_channels, "resample", self.dtype, stride=2)(x)
@@ -147,7 +153,7 @@ class UNet(nn.Module):
             num_attention_layers = lv.num_attention_layers[i] if i in lv.attention_levels else 0
         return Stage(lv.resolution_channels[i], num_resnets, num_attention_layers,
                      lv.num_groups_norm, lv.use_attention_ffn, resample, lv.dropout,
-                     self.dtype, self.model.attention_impl)
+                     self.dtype, self.model.attention_impl, lv.get("remat", False))
 
     def condition(self, lm_outputs, lm_mask, class_labels):
         """Processes text and labels in the innermost UNet (fixtures README 4.4)."""
