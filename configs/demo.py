@@ -13,11 +13,20 @@ from mdm_jax.models import config as model_config
 from mdm_jax.runs import defaults
 
 
-def labelled_model(inner, outer):
-    """The two-level model, conditioned on the label as shape x colour: one embedding per
-    attribute, so that each shape is learned from all ten colours' examples
-    (docs/experiments.md: the demo's recipe)."""
-    outer.inner = inner
+def labelled_model(inner_channels, outer_channels, temporal_dim):
+    """The two-level model: a 32² UNet with one ResNet per resolution and attention at its
+    lowest, inside a 64² level without mid blocks. Conditioned on the label as shape x
+    colour: one embedding per attribute, so that each shape is learned from all ten
+    colours' examples (docs/experiments.md: the demo's recipe)."""
+    n = len(inner_channels)
+    outer = model_config.level_config(
+        resolution_channels=outer_channels, num_resnets_per_resolution=[1, 1],
+        num_attention_layers=[0, 0], temporal_dim=temporal_dim, num_groups_norm=8,
+        skip_mid_blocks=True, micro_conditioning="")
+    outer.inner = model_config.level_config(
+        resolution_channels=inner_channels, num_resnets_per_resolution=[1] * n,
+        attention_levels=[n - 1], num_attention_layers=[0] * (n - 1) + [1],
+        temporal_dim=temporal_dim, num_groups_norm=8, micro_conditioning="")
     return model_config.model_config(
         outer, num_classes=len(shapes_render.CLASS_NAMES),
         class_factors=(len(shapes_render.SHAPES), len(shapes_render.COLOURS)))
@@ -25,15 +34,7 @@ def labelled_model(inner, outer):
 
 def get_config(arg=None):
     cfg = defaults.base_config()
-    inner = model_config.level_config(
-        resolution_channels=[32, 64, 64], num_resnets_per_resolution=[1, 1, 1],
-        attention_levels=[2], num_attention_layers=[0, 0, 1], temporal_dim=128,
-        num_groups_norm=8, micro_conditioning="")
-    outer = model_config.level_config(
-        resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
-        num_attention_layers=[0, 0], temporal_dim=128, num_groups_norm=8,
-        skip_mid_blocks=True, micro_conditioning="")
-    cfg.model = labelled_model(inner, outer)
+    cfg.model = labelled_model([32, 64, 64], [16, 32], temporal_dim=128)
 
     cfg.data = get_data_config()
     cfg.data.dataset = "shapes"
@@ -69,15 +70,7 @@ def get_config(arg=None):
         # A smaller model of the same shape (two levels, attention in the inner one, both
         # label factors): the tests' many runs mostly pay XLA's compile time, which grows
         # with the model's layers and widths.
-        inner = model_config.level_config(
-            resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
-            attention_levels=[1], num_attention_layers=[0, 1], temporal_dim=32,
-            num_groups_norm=8, micro_conditioning="")
-        outer = model_config.level_config(
-            resolution_channels=[8, 16], num_resnets_per_resolution=[1, 1],
-            num_attention_layers=[0, 0], temporal_dim=32, num_groups_norm=8,
-            skip_mid_blocks=True, micro_conditioning="")
-        cfg.model = labelled_model(inner, outer)
+        cfg.model = labelled_model([16, 32], [8, 16], temporal_dim=32)
         cfg.data.shapes.num_examples = 256
         cfg.stages.res32.steps = 4
         cfg.stages.res64.steps = 4
