@@ -33,6 +33,8 @@ flags.DEFINE_integer("batch_size", 8, "Images per sampling call.")
 flags.DEFINE_list("steps_list", ["50", "250"], "Sampling steps to time.")
 flags.DEFINE_list("guidance_list", ["1", "7"], "Guidance scales to time (1: none).")
 flags.DEFINE_enum("sampler", "ddpm", samples.SAMPLERS, "Sampler (ddpm: the reference's).")
+flags.DEFINE_bool("cast_kernels", True, "Cast kernels to the compute dtype before the loop "
+                  "(--nocast_kernels: the old path, as a baseline in the same call).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per setting, after one warm-up call.")
 FLAGS = flags.FLAGS
 
@@ -86,7 +88,8 @@ def main(argv):
                 uncond_mask = None if uncond_lm is None else mask
             run = samples.make_sampler(model, stage.diffusion, stage.scales, shape,
                                        sampler=FLAGS.sampler, num_steps=steps, eta=0.0,
-                                       guidance_scale=guidance, mesh=mesh)
+                                       guidance_scale=guidance, mesh=mesh,
+                                       cast_kernels=FLAGS.cast_kernels)
             args = (params["unet"], jax.random.key(0), labels, lm, mask, uncond_lm, uncond_mask)
             start = time.perf_counter()
             compiled = run.lower(*args).compile()
@@ -98,6 +101,7 @@ def main(argv):
                 "image_size": size, "levels": len(stage.scales), "batch": batch_size,
                 "steps": steps, "guidance": guidance, "sampler": FLAGS.sampler,
                 "model_dtype": config.model.dtype, "text": config.text.kind,
+                "cast_kernels": FLAGS.cast_kernels,
                 "seconds_per_batch": seconds, "seconds_per_image": seconds / batch_size,
                 "text_encoder_s": text_s,
                 "seconds_per_image_with_text": (seconds + text_s) / batch_size,

@@ -7,6 +7,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import pytest
 
@@ -366,3 +367,22 @@ def test_starting_noise_is_independent_of_every_step_draw():
         for start, draw in zip(x_init, step_noise(i)):
             corr = np.corrcoef(np.ravel(start), np.ravel(draw))[0, 1]
             assert abs(corr) < 0.15, (i, corr)
+
+
+@pytest.mark.slow
+def test_kernels_cast_before_the_loop_give_the_same_samples():
+    """Casting the kernels to bfloat16 once is what each layer did at every use."""
+    from mdm_jax.models import build_model
+    from mdm_jax.sampling.sampler import make_sampler
+
+    model_config, params = _model()[0].model.to_dict(), _model()[1]
+    module = build_model(ml_collections.ConfigDict({**model_config, "dtype": "bfloat16"}))
+    shape = nhwc(F["loop_ddpm_cfg3/input/noise"]).shape
+    lm, mask = COND["lm_outputs"], COND["lm_mask"]
+    runs = [make_sampler(module, CONFIG, SCALES, shape, sampler="ddpm",
+                         num_steps=1, eta=0.0, guidance_scale=2.0, cast_kernels=cast)
+            (params, jax.random.key(0), None, lm, mask, UNCOND["uncond_lm_outputs"],
+             UNCOND["uncond_lm_mask"])
+            for cast in (False, True)]
+    for old, new in zip(*runs):
+        np.testing.assert_array_equal(np.asarray(old), np.asarray(new))

@@ -1,0 +1,86 @@
+"""The largest per-device batch whose train step fits a card's memory, as JSON lines.
+
+    python -m benchmarks.max_batch --config=configs/cc12m_64.py --probe_batches=32,64 \
+        --config.text.t5.checkpoint_dir= --config.text.t5.preset=flan-t5-xl [--remat]
+
+Compiles the config's last-stage train step (text as features in the batch, as
+`python -m mdm_jax.compile_for` and the reference train) for this machine's first device
+at the probe batches, without running it, and reads XLA's memory analysis: arguments +
+outputs - donated + temporaries. Memory grows linearly with the batch (the state is
+fixed, activations scale), so two probes give the line; the batch where it meets each
+card's limit is then compiled to confirm, one step lower while it does not fit.
+
+A card's limit is the share of its memory that jax's allocator may use (`bytes_limit` of
+this device over its memory: 0.75 by default, XLA_PYTHON_CLIENT_MEM_FRACTION sets it) of
+the card's memory: an 80 GB H100 has 81,559 MiB, a 141 GB H200 143,771 MiB (nvidia-smi).
+"""
+import json
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from mdm_jax.runs.stages import plan_stages
+from mdm_jax.training import ahead_of_time
+
+config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
+flags.DEFINE_list("probe_batches", ["8", "16"], "Two batch sizes to fit the line through.")
+flags.DEFINE_bool("remat", False, "Recompute every level's activations in backward.")
+FLAGS = flags.FLAGS
+
+CARD_MIB = {"80 GB (H100)": 81_559, "141 GB (H200)": 143_771}
+
+
+def card_limits(device):
+    """Bytes each card's allocator may use, at this device's share of its memory."""
+    own = [mib for card, mib in CARD_MIB.items() if card[-5:-1] in device.device_kind]
+    if not own:
+        raise ValueError(f"{device.device_kind}: run this on an H100 or H200.")
+    share = device.memory_stats()["bytes_limit"] / (own[0] * 2**20)
+    return share, {card: int(share * mib * 2**20) for card, mib in CARD_MIB.items()}
+
+
+def set_remat(level):
+    while level is not None:
+        level.remat = True
+        level = level.get("inner")
+
+
+def main(argv):
+    del argv
+    config = FLAGS.config
+    if FLAGS.remat:
+        with config.unlocked():
+            set_remat(config.model.unet)
+    devices = jax.devices()[:1]
+    stage = plan_stages(config)[-1]
+    share, limits = card_limits(devices[0])
+    memory = {}
+
+    def compiled_bytes(batch):
+        if batch not in memory:
+            report = ahead_of_time.compile_train_step(config, devices, batch_size=batch)
+            memory[batch] = report["per_chip_memory_bytes"]
+            print(json.dumps({"benchmark": "max_batch_probe", "device": devices[0].device_kind,
+                              "stage": stage.name, "remat": FLAGS.remat, "batch": batch,
+                              "memory_gib": memory[batch] / 2**30}), flush=True)
+        return memory[batch]
+
+    small, large = sorted(map(int, FLAGS.probe_batches))
+    per_example = (compiled_bytes(large) - compiled_bytes(small)) / (large - small)
+    fixed = compiled_bytes(small) - per_example * small
+    for card, limit in limits.items():
+        batch = int((limit - fixed) // per_example)
+        while batch > 0 and compiled_bytes(batch) > limit:
+            batch -= 1
+        print(json.dumps({
+            "benchmark": "max_batch", "card": card, "memory_share": share,
+            "limit_gib": limit / 2**30,
+            "measured_on": devices[0].device_kind, "stage": stage.name,
+            "image_size": stage.image_size, "remat": FLAGS.remat, "max_batch": batch,
+            "memory_gib_at_max": memory.get(batch, 0) / 2**30,
+            "fixed_gib": fixed / 2**30, "per_example_gib": per_example / 2**30}), flush=True)
+
+
+if __name__ == "__main__":
+    app.run(main)
