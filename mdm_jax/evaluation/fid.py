@@ -10,7 +10,6 @@ pytorch-fid's `--save-stats`, so its files load too), plus optional metadata arr
 import os
 
 import numpy as np
-import scipy.linalg
 from absl import logging
 
 _HOW_TO_MAKE = ("Make reference statistics with python -m mdm_jax.evaluate "
@@ -113,6 +112,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, eps=1e-6):
         raise ValueError(f"The statistics have different dimensions: {mu1.shape[0]} and "
                          f"{mu2.shape[0]}; were they computed with the same feature network?")
 
+    # Here, not at the top: the trainer imports this module and scipy costs it 0.4 s at
+    # every start, while a distance is only computed when an evaluation runs.
+    import scipy.linalg  # noqa: PLC0415
     covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         logging.warning("sqrtm(sigma1 @ sigma2) is not finite (a near-singular product: "

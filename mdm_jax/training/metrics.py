@@ -17,6 +17,7 @@ import tqdm
 from absl import logging
 
 from mdm_jax.data import counters as counters_lib
+from mdm_jax.training import events
 
 # The libraries we drive, and the least severe of their records the console shows: Orbax
 # logs ~100 INFO lines a save and warns on every read-only open, tfds warns on every use of
@@ -85,10 +86,7 @@ class MetricsLog:
         self.counters = DataCounters()
         self.bar = None
         if self.enabled:
-            # Here, not at the top: tensorboardX imports torch when it is installed (2 s),
-            # which the sample and evaluate commands (they import this module) don't need.
-            from tensorboardX import SummaryWriter  # noqa: PLC0415
-            self.tensorboard = SummaryWriter(str(run_dir.tensorboard))
+            self.tensorboard = events.EventWriter(run_dir.tensorboard)
 
     def _records(self):
         if not self.run_dir.metrics.exists():
@@ -134,7 +132,8 @@ class MetricsLog:
         if "loss" in scalars:  # a training record: the data counters go with it
             scalars.update(self.counters.totals())
         for key, value in scalars.items():
-            self.tensorboard.add_scalar(key, value, step)
+            self.tensorboard.scalar(key, value, step)
+        self.tensorboard.flush()
         _append(self.run_dir.metrics,
                 json.dumps({"step": int(step), "time": time.time(), **scalars}) + "\n")
         if self.on_write:
@@ -146,7 +145,7 @@ class MetricsLog:
 
     def image(self, step, tag, image_uint8):
         if self.enabled:
-            self.tensorboard.add_image(tag, image_uint8, step, dataformats="HWC")
+            self.tensorboard.image(tag, image_uint8, step)
 
     def message(self, text):
         """One console line above the progress bar (process 0)."""
