@@ -10,8 +10,9 @@ the model's). `--text=encoder` (default): random tokens through the config's tex
 encoder inside the step, and the encoder timed alone for its share of the step.
 `--text=features`: random features of the encoder's width in the batch instead, as the
 reference trains on precomputed features. The line also says how long the start took:
-creating the sharded state, compiling the step, and the process start to the first
-step's end (a second process with the same --compile_cache_dir shows a warm start).
+the imports (the process start to main), creating the sharded state, compiling the
+step, and the process start to the first step's end (a second process with the same
+--compile_cache_dir shows a warm start).
 """
 import json
 import os
@@ -49,6 +50,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    imports_s = seconds_since_process_start()
     config = FLAGS.config
     stage = plan_stages(config)[-1]
     batch_size = FLAGS.batch_size or stage.config.global_batch_size
@@ -113,7 +115,8 @@ def main(argv):
         "gradient_accumulation": FLAGS.gradient_accumulation,
         "model_dtype": config.model.dtype,
         "text": f"{config.text.kind} {'features' if features else 'encoder'}",
-        "state_s": state_s, "trace_and_lower_s": lower_s, "compile_s": compile_s,
+        "imports_s": imports_s, "state_s": state_s, "trace_and_lower_s": lower_s,
+        "compile_s": compile_s,
         "process_to_first_step_s": first_step_s,
         "unet_params_m": parameter_count(holder["state"].params["unet"]) / 1e6,
         "step_s": seconds, "images_per_s_per_chip": per_chip,
