@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
 
+from lazy_imports import LazyModule
 from mdm_jax.evaluation import clip
 
-torch = pytest.importorskip("torch", reason="pip install -e '.[test]' brings torch")
-transformers = pytest.importorskip("transformers")
+torch = LazyModule("torch", reason="pip install -e '.[test]' brings torch")
+transformers = LazyModule("transformers")
 
 IMAGE_SIZE = 32
 MAX_LENGTH = 16
