@@ -11,26 +11,27 @@ from mdm_jax.diffusion import process, schedules
 from mdm_jax.diffusion.config import level_batch_sizes, level_fractions
 
 
-def sample_loss_noise(key, images, scales, num_steps):
+def sample_loss_noise(key, images, scales, num_steps, frame_ratios=None):
     """Draws the loss's randomness: times int32 [B] in [0, num_steps) and per-level eps.
 
     The noise is float32 whatever the image dtype: the loss math runs in float32.
     """
     time_key, *level_keys = jax.random.split(key, len(scales) + 1)
     times = jax.random.randint(time_key, (images.shape[0],), 0, num_steps)
-    noises = [jax.random.normal(k, shape, jnp.float32)
-              for k, shape in zip(level_keys, process.level_shapes(images.shape, scales))]
+    shapes = process.level_shapes(images.shape, scales, frame_ratios)
+    noises = [jax.random.normal(k, shape, jnp.float32) for k, shape in zip(level_keys, shapes)]
     return times, noises
 
 
 def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outputs=None,
-                  lm_mask=None, micros=None, **model_kwargs):
+                  lm_mask=None, micros=None, frame_ratios=None, **model_kwargs):
     """Per-example loss [B] and an aux dict.
 
     denoise_fn(xs, times, lm_outputs, lm_mask, micros, **model_kwargs) returns the network
     outputs for the noisy images xs (NHWC, highest resolution first). images are the clean
-    highest-resolution images in [-1, 1]; times int [B] in [0, N) (the network sees t, the
-    noise level is gamma[t + 1]); noises the per-level eps, shaped as `process.level_shapes`.
+    highest-resolution images in [-1, 1] (clips [B, T, H, W, C] with frame_ratios, see
+    process.pyramid); times int [B] in [0, N) (the network sees t, the noise level is
+    gamma[t + 1]); noises the per-level eps, shaped as `process.level_shapes`.
 
     With config.mixed_ratio, level i only runs on the first int(m_i B) rows (m the cumulated
     ratio fractions); its loss is divided by m_i so its expected weight is kept. Row counts
@@ -54,7 +55,7 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
     level_weights = config.multi_res_weights or (1.0,) * num_levels
 
     gammas = jnp.asarray(config.level_gammas(scales))[:, times + 1]  # [levels, B]
-    clean = process.pyramid(images, scales)
+    clean = process.pyramid(images, scales, frame_ratios)
     x_t = [process.add_noise(x, eps, g) for x, eps, g in zip(clean, noises, gammas)]
     outputs = denoise_fn([x[:r] for x, r in zip(x_t, rows)], times, lm_outputs, lm_mask,
                          {} if micros is None else micros, **model_kwargs)

@@ -1,6 +1,7 @@
 """The multi-resolution forward process and conversions between prediction types.
 
-Images are NHWC. gamma is one noise level per example, [B], broadcast over H, W, C.
+Images are NHWC, video clips NTHWC. gamma is one noise level per example, [B], broadcast
+over the rest.
 A network output is one of: 'v' (sqrt(g) eps - sqrt(1-g) x0), 'eps' (the noise), 'x0'.
 """
 import jax.numpy as jnp
@@ -20,22 +21,45 @@ def average_pool(images, factor):
     return blocks.mean(axis=(2, 4))
 
 
-def level_shapes(shape, scales):
-    """NHWC shapes of every level, given the highest level's NHWC shape."""
-    b, h, w, c = shape
-    return [(b, h * s // scales[0], w * s // scales[0], c) for s in scales]
+def level_shapes(shape, scales, frame_ratios=None):
+    """Shapes of every level, given the highest level's NHWC (or, with frame_ratios,
+    NTHWC) shape."""
+    if frame_ratios is None:
+        b, h, w, c = shape
+        return [(b, h * s // scales[0], w * s // scales[0], c) for s in scales]
+    b, t, h, w, c = shape
+    return [(b, t * f // frame_ratios[0], h * s // scales[0], w * s // scales[0], c)
+            for s, f in zip(scales, frame_ratios)]
 
 
-def pyramid(images, scales):
+def _local_ratio(ratios, i, what):
+    high, low = ratios[i], ratios[i + 1]
+    if high % low:
+        raise ValueError(f"{what} {list(ratios)}: {high} is not a multiple of {low}.")
+    return high // low
+
+
+def pyramid(images, scales, frame_ratios=None):
     """[images, pooled, ...]: level i pooled by scales[i-1] / scales[i] from level i - 1.
 
-    scales are side ratios to the lowest level, highest first (nest_ratio + [1]).
+    scales are side ratios to the lowest level, highest first (nest_ratio + [1]). For
+    clips [B, T, H, W, C], frame_ratios are the frame counts' ratios to the lowest level's:
+    each frame is pooled, and level i keeps every r-th frame of level i - 1 (frames 0, r,
+    2r, ...), r = frame_ratios[i-1] / frame_ratios[i], the ratio to the level above.
+    (The reference subsamples by the ratio to the top level, which picks the wrong
+    frames once two temporal levels are nested.)
     """
     levels = [images]
-    for high, low in zip(scales[:-1], scales[1:]):
-        if high % low:
-            raise ValueError(f"scales {list(scales)}: {high} is not a multiple of {low}.")
-        levels.append(average_pool(levels[-1], high // low))
+    for i in range(len(scales) - 1):
+        factor = _local_ratio(scales, i, "scales")
+        x = levels[-1]
+        if frame_ratios is None:
+            levels.append(average_pool(x, factor))
+            continue
+        b, t = x.shape[:2]
+        pooled = average_pool(x.reshape((b * t,) + x.shape[2:]), factor)
+        pooled = pooled.reshape((b, t) + pooled.shape[1:])
+        levels.append(pooled[:, ::_local_ratio(frame_ratios, i, "frame_ratios")])
     return levels
 
 

@@ -11,9 +11,10 @@ def build_model(model_config):
     """The Flax module for `model_config`.
 
     `module.apply({'params': params}, xs, times, lm_outputs, lm_mask, micros, class_labels)`
-    takes the noisy images NHWC (highest resolution first), the model times [B], text
-    features [B, S, D] with mask [B, S], a dict of micro-conditioning values [B] and class
-    labels [B], and returns the list of outputs, highest resolution first.
+    takes the noisy images NHWC (clips NTHWC for a video model; highest resolution first),
+    the model times [B], text features [B, S, D] with mask [B, S], a dict of
+    micro-conditioning values [B] and class labels [B], and returns the list of outputs,
+    highest resolution first.
     """
     model_config_lib.validate(model_config)
     frozen = ml_collections.FrozenConfigDict(model_config)
@@ -21,9 +22,12 @@ def build_model(model_config):
 
 
 def example_inputs(model_config, image_size, batch_size=1, text_length=8):
-    """Zero inputs of the right shapes for `init` and shape evaluation."""
+    """Zero inputs of the right shapes for `init` and shape evaluation (clips NTHWC for a
+    video model)."""
     sizes = model_config_lib.level_sizes(model_config, image_size)
-    xs = [jnp.zeros((batch_size, s, s, model_config.input_channels), jnp.float32) for s in sizes]
+    frames = model_config_lib.level_frames(model_config) or [None] * len(sizes)
+    xs = [jnp.zeros((batch_size,) + ((f,) if f else ()) + (s, s, model_config.input_channels),
+                    jnp.float32) for f, s in zip(frames, sizes)]
     kwargs = dict(times=jnp.zeros((batch_size,), jnp.int32))
     if model_config.conditioning_feature_dim > 0:
         kwargs["lm_outputs"] = jnp.zeros(

@@ -29,6 +29,11 @@ def level_config(**overrides):
         skip_normalization=True,          # nested levels: divide the input by its std
         skip_inner_unet_input=False,      # nested levels: don't feed features inward
         micro_conditioning="",            # e.g. "scale:64,watermark_score:0"
+        # Video (model.num_frames > 0). 'spatial': halve H and W on the way down, as an
+        # image level; 'temporal': halve the frames instead (H and W kept).
+        kind="spatial",
+        num_temporal_attention_layers=[],  # per resolution, after each ResNet; [] = none
+        temporal_positional_encoding=False,  # rotary frame positions in those layers
     ))
     cfg.inner = ml_collections.config_dict.placeholder(ml_collections.ConfigDict)
     _update_strict(cfg, overrides)
@@ -54,6 +59,7 @@ def model_config(unet, **overrides):
         class_factors=ml_collections.config_dict.placeholder(tuple),
         dtype="float32",                   # activations; params are always float32
         attention_impl=ml_collections.config_dict.placeholder(str),  # None/'xla'/'cudnn'
+        num_frames=0,                      # frames of the top level's clips; 0 = images
     ))
     _update_strict(cfg, overrides)
     cfg.unet = unet
@@ -92,13 +98,42 @@ def nest_scales(config):
     """Side ratio of each level to the lowest, highest first, e.g. [16, 4, 1].
 
     A nested level's down path halves the size at each of its resolutions but the
-    last, so its ratio to the next level is 2 ** (len(resolution_channels) - 1).
+    last, so its ratio to the next level is 2 ** (len(resolution_channels) - 1); a
+    temporal level (video) keeps the size: ratio 1.
     """
-    ratios = [2 ** (len(lv.resolution_channels) - 1) for lv in levels(config)[:-1]]
+    ratios = [1 if _kind(lv) == "temporal" else 2 ** (len(lv.resolution_channels) - 1)
+              for lv in levels(config)[:-1]]
     scales = [1]
     for r in reversed(ratios):
         scales.insert(0, scales[0] * r)
     return scales
+
+
+def is_video(config):
+    return config.get("num_frames", 0) > 0
+
+
+def level_frames(config):
+    """Frames per clip of each level, highest first (None for an image model): a temporal
+    level's inner level has 2 ** (len(resolution_channels) - 1) times fewer."""
+    if not is_video(config):
+        return None
+    frames = [config.num_frames]
+    for lv in levels(config)[:-1]:
+        ratio = 2 ** (len(lv.resolution_channels) - 1) if _kind(lv) == "temporal" else 1
+        frames.append(frames[-1] // ratio)
+    return frames
+
+
+def nest_frame_ratios(config):
+    """Frame count of each level over the lowest level's, highest first, e.g. [16, 16, 1]
+    (None for an image model): what process.pyramid subsamples clips by."""
+    frames = level_frames(config)
+    return None if frames is None else [f // frames[-1] for f in frames]
+
+
+def _kind(level):
+    return level.get("kind", "spatial")
 
 
 def level_sizes(config, image_size):
@@ -151,6 +186,38 @@ def validate(config):
                 raise ValueError(f"{where}: channels {c} not divisible by "
                                  f"num_groups_norm={lv.num_groups_norm}.")
         parse_micro_conditioning(lv.micro_conditioning)
+        _validate_video_level(config, lv, where, is_last=depth == len(chain) - 1)
+    frames = config.get("num_frames", 0)
+    for depth, lv in enumerate(chain[:-1]):
+        ratio = 2 ** (len(lv.resolution_channels) - 1)
+        if is_video(config) and _kind(lv) == "temporal":
+            if frames % ratio:
+                raise ValueError(
+                    f"model.unet{'.inner' * depth} (temporal) divides the frames by {ratio}, "
+                    f"and {frames} frames reach it: make model.num_frames a multiple of "
+                    f"{config.num_frames // frames * ratio}.")
+            frames //= ratio
     if config.num_lm_head_layers and config.conditioning_feature_dim <= 0:
         raise ValueError("num_lm_head_layers > 0 needs text: set conditioning_feature_dim.")
     return config
+
+
+def _validate_video_level(config, lv, where, is_last):
+    if _kind(lv) not in ("spatial", "temporal"):
+        raise ValueError(f"{where}.kind={_kind(lv)!r}; use 'spatial' or 'temporal'.")
+    temporal_layers = list(lv.get("num_temporal_attention_layers") or [])
+    if not is_video(config) and (_kind(lv) == "temporal" or any(temporal_layers)):
+        raise ValueError(f"{where} has temporal layers but model.num_frames=0 (an image "
+                         "model): set model.num_frames to the clips' frame count.")
+    if _kind(lv) == "temporal" and is_last:
+        raise ValueError(f"{where}.kind='temporal' on the innermost UNet: a temporal level "
+                         "needs an inner level to hand its fewer frames to.")
+    n = len(lv.resolution_channels)
+    if temporal_layers and len(temporal_layers) != n:
+        raise ValueError(f"{where}.num_temporal_attention_layers has {len(temporal_layers)} "
+                         f"entries; it needs one per resolution ({n}), or [] for none.")
+    for i, count in enumerate(temporal_layers):
+        if count and lv.resolution_channels[i] % layers.ATTENTION_HEADS:
+            raise ValueError(f"{where}.resolution_channels[{i}]={lv.resolution_channels[i]}: "
+                             f"temporal attention needs channels divisible by "
+                             f"{layers.ATTENTION_HEADS} (its heads).")

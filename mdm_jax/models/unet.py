@@ -6,6 +6,12 @@ output, the inner model's last features come back through another zero-initialis
 adapter, and its up path produces the high-resolution output (fixtures README 4.5).
 Text conditioning is processed only by the innermost UNet; its tokens, mask and
 pooled embedding reach every level.
+
+Video: a level's input is a batch of clips [B, T, H, W, C]. Inside, its frames are rows
+([B * T, H, W, C]) for every 2D layer, with the clip's time embedding and text repeated
+per frame; temporal attention (mdm_jax/models/temporal.py) looks across them. A spatial
+level halves H and W on its way down, as an image level; a temporal level (`kind:
+temporal`) halves T instead, so its inner level sees fewer frames of the same size.
 """
 from typing import Any, NamedTuple, Optional
 
@@ -13,7 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
-from mdm_jax.models import initializers, layers
+from mdm_jax.models import initializers, layers, temporal
 from mdm_jax.models.config import parse_micro_conditioning
 
 Dtype = Any
@@ -30,11 +36,18 @@ def _rows(x, n):
     return None if x is None else x[:n]
 
 
+def _per_frame(x, frames):
+    """Each clip's row repeated for its frames (rows stay as they are for images)."""
+    return x if x is None or frames is None else jnp.repeat(x, frames, axis=0)
+
+
 class Stage(nn.Module):
-    """ResNets, each followed by attention layers, then an optional resample conv.
+    """ResNets, each followed by attention layers (and, in video, temporal attention
+    layers), then an optional resample conv.
 
     Used for down blocks (resample = stride-2 conv), up blocks (each ResNet first takes
-    the next skip; resample = nearest x2 then conv) and mid blocks (no resample).
+    the next skip; resample = nearest x2 then conv) and mid blocks (no resample). In a
+    temporal level (`temporal`) the resampling is along time (temporal.TemporalResample).
     """
     out_channels: int
     num_resnets: int
@@ -46,15 +59,24 @@ class Stage(nn.Module):
     dtype: Dtype = jnp.float32
     attention_impl: Optional[str] = None
     remat: bool = False  # recompute each ResNet's and attention layer's activations
+    num_temporal_attention_layers: int = 0  # after each ResNet's attention (video)
+    temporal_rotary: bool = False  # rotary frame positions in temporal attention
+    temporal: bool = False  # resample along time instead of H and W (video)
 
     @nn.compact
-    def __call__(self, x, temb, cond, skips=None, deterministic=True):
-        """Returns the output and the activations a down block records as skips."""
+    def __call__(self, x, temb, cond, skips=None, deterministic=True, frames=None):
+        """Returns the output, the activations a down block records as skips, and the
+        output's frames per clip (None for images). For video, x is [clips * frames, H,
+        W, C] and temb and cond are per clip."""
         resnet, attention = layers.ResNet, layers.Attention
+        temporal_attention = temporal.TemporalAttention
         if self.remat:
             # Same parameters and names; the backward pass recomputes what it needs.
             resnet = nn.remat(layers.ResNet, static_argnums=(3,))
             attention = nn.remat(layers.Attention)
+            temporal_attention = nn.remat(temporal.TemporalAttention, static_argnums=(2,))
+        temb = _per_frame(temb, frames)
+        tokens, mask = _per_frame(cond.tokens, frames), _per_frame(cond.mask, frames)
         recorded = []
         for j in range(self.num_resnets):
             if skips is not None:
@@ -64,15 +86,26 @@ class Stage(nn.Module):
             for a in range(self.num_attention_layers):
                 x = attention(self.use_attention_ffn, self.dtype, self.attention_impl,
                               name=f"attn_{j * self.num_attention_layers + a}")(
-                                  x, cond.tokens, cond.mask)
+                                  x, tokens, mask)
+            for a in range(self.num_temporal_attention_layers):
+                x = temporal_attention(
+                    self.temporal_rotary, self.dtype,
+                    name=f"temporal_attn_{j * self.num_temporal_attention_layers + a}")(
+                        x, frames)
             recorded.append(x)
-        if self.resample == "down":
+        if self.resample is not None and self.temporal:
+            x, frames = temporal.TemporalResample(
+                self.out_channels, self.resample, self.dtype, name="temporal_resample")(
+                    x, frames)
+            if self.resample == "down":
+                recorded.append(x)
+        elif self.resample == "down":
             x = layers.conv3x3(self.out_channels, "resample", self.dtype, stride=2)(x)
             recorded.append(x)
         elif self.resample == "up":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             x = layers.conv3x3(self.out_channels, "resample", self.dtype)(x)
-        return x, recorded
+        return x, recorded, frames
 
 
 class UNet(nn.Module):
@@ -151,9 +184,13 @@ class UNet(nn.Module):
         lv = self.level
         if num_attention_layers is None:
             num_attention_layers = lv.num_attention_layers[i] if i in lv.attention_levels else 0
+        temporal_layers = tuple(lv.get("num_temporal_attention_layers") or ())
         return Stage(lv.resolution_channels[i], num_resnets, num_attention_layers,
                      lv.num_groups_norm, lv.use_attention_ffn, resample, lv.dropout,
-                     self.dtype, self.model.attention_impl, lv.get("remat", False))
+                     self.dtype, self.model.attention_impl, lv.get("remat", False),
+                     temporal_layers[i] if temporal_layers else 0,
+                     lv.get("temporal_positional_encoding", False),
+                     lv.get("kind", "spatial") == "temporal")
 
     def condition(self, lm_outputs, lm_mask, class_labels):
         """Processes text and labels in the innermost UNet (fixtures README 4.4)."""
@@ -233,43 +270,54 @@ class UNet(nn.Module):
         """
         lv = self.level
         x_high = xs[0]
-        rows = x_high.shape[0]
+        rows = x_high.shape[0]  # examples (clips, for video) this level runs on
+        frames = x_high.shape[1] if x_high.ndim == 5 else None
         temb = self._time_embedding(times, cond, micros)
         level_cond = Conditioning(_rows(cond.tokens, rows), _rows(cond.mask, rows), None)
         temb_rows = temb[:rows]
         if lv.inner is not None and not lv.skip_normalization:
-            # Per-example std over (H, W, C) with Bessel's correction, no mean removal.
-            std = jnp.std(x_high.astype(jnp.float32), axis=(1, 2, 3), ddof=1, keepdims=True)
+            # Per-example (clip) std over the rest, with Bessel's correction, no mean removal.
+            std = jnp.std(x_high.astype(jnp.float32), axis=tuple(range(1, x_high.ndim)),
+                          ddof=1, keepdims=True)
             x_high = x_high / std
+        if frames is not None:
+            x_high = x_high.reshape((rows * frames,) + x_high.shape[2:])
         x = self.conv_in(x_high.astype(self.dtype))
         if injected is not None:
             x = x + injected
         skips = [x]
+        level_frames = frames
         for block in self.down_blocks:
-            x, recorded = block(x, temb_rows, level_cond, deterministic=deterministic)
+            x, recorded, frames = block(x, temb_rows, level_cond, deterministic=deterministic,
+                                        frames=frames)
             skips.extend(recorded)
         inner_outputs = []
         if lv.inner is not None:
             to_inner = None
             if not lv.skip_inner_unet_input:
                 to_inner = self.in_adapter(x)
-                pad = xs[1].shape[0] - rows
+                pad = (xs[1].shape[0] - rows) * (frames or 1)
                 to_inner = jnp.pad(to_inner, ((0, pad), (0, 0), (0, 0), (0, 0)))
             inner_outputs, inner_features = self.inner_unet.run_level(
                 xs[1:], times, cond, micros, to_inner, deterministic)
-            x = x + self.out_adapter(inner_features[:rows])
+            x = x + self.out_adapter(inner_features[:x.shape[0]])
         elif not lv.skip_mid_blocks:
             for block in self.mid_blocks:
-                x, _ = block(x, temb_rows, level_cond, deterministic=deterministic)
+                x, _, _ = block(x, temb_rows, level_cond, deterministic=deterministic,
+                                frames=frames)
         for block in self.up_blocks:
-            x, _ = block(x, temb_rows, level_cond, skips=skips, deterministic=deterministic)
+            x, _, frames = block(x, temb_rows, level_cond, skips=skips,
+                                 deterministic=deterministic, frames=frames)
         features = x
-        out = self.conv_out(nn.silu(self.norm_out(x)).astype(self.dtype))
-        return [out.astype(jnp.float32)] + inner_outputs, features
+        out = self.conv_out(nn.silu(self.norm_out(x)).astype(self.dtype)).astype(jnp.float32)
+        if level_frames is not None:
+            out = out.reshape((rows, level_frames) + out.shape[1:])
+        return [out] + inner_outputs, features
 
     def __call__(self, xs, times, lm_outputs=None, lm_mask=None, micros=None,
                  class_labels=None, deterministic=True):
-        """xs: noisy images NHWC, highest resolution first. Returns the list of outputs."""
+        """xs: noisy images NHWC (or clips NTHWC), highest resolution first. Returns the
+        list of outputs."""
         if not isinstance(xs, (list, tuple)):
             xs = [xs]
         cond = self.condition(lm_outputs, lm_mask, class_labels)

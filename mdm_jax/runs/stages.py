@@ -29,7 +29,13 @@ class Stage:
 
 
 def stage_model_config(model_config, num_levels):
-    """The model of a stage: the innermost `num_levels` levels of the full model."""
+    """The model of a stage: the innermost `num_levels` levels of the full model.
+
+    In a video model the stage's clips have its top level's frames; a stage whose top
+    level has one frame (the image UNet inside a video model) is an image model, so it
+    trains on images (the first frames) and its parameters are the video model's inner
+    ones.
+    """
     chain = model_config_lib.levels(model_config)
     if not 1 <= num_levels <= len(chain):
         raise ValueError(f"A stage has num_levels={num_levels}; the model has {len(chain)} "
@@ -39,6 +45,10 @@ def stage_model_config(model_config, num_levels):
     for _ in range(len(chain) - num_levels):
         level = level.inner
     stage.unet = level
+    frames = model_config_lib.level_frames(model_config)
+    if frames is not None:
+        top = frames[len(chain) - num_levels]
+        stage.num_frames = 0 if top == 1 else top
     return stage
 
 
@@ -75,9 +85,12 @@ def find_stage(stages, name):
 
 
 def stage_data_config(config, stage):
-    """The data config at the stage's image size."""
+    """The data config at the stage's image size (and, for a video model, its frames: 1
+    for an image stage, whose examples are then images)."""
     data = config.data.copy_and_resolve_references()
     data.image_size = stage.image_size
+    if model_config_lib.is_video(config.model):
+        data.num_frames = stage.model_config.num_frames or 1
     return data
 
 

@@ -53,7 +53,14 @@ def count_collectives(hlo_text):
 
 def compile_train_step(config, devices, stage_name=None, batch_size=None):
     """Compiles `config`'s train step (its last stage, or `stage_name`) on `devices`;
-    returns a report: chips, mesh, per-chip memory (bytes), FLOPs, collectives."""
+    returns a report: chips, mesh, per-chip memory (bytes), FLOPs, collectives.
+
+    A TPU has no cuDNN: attention set to 'cudnn' (the GPU presets') compiles as 'xla', as a
+    TPU run must set it (--config.model.attention_impl=xla); the report says which it used.
+    """
+    if devices[0].platform == "tpu" and config.model.attention_impl == "cudnn":
+        config = config.copy_and_resolve_references()
+        config.model.attention_impl = "xla"
     stages = plan_stages(config)
     stage = find_stage(stages, stage_name) if stage_name else stages[-1]
     batch_size = batch_size or stage.config.global_batch_size
@@ -100,6 +107,7 @@ def compile_train_step(config, devices, stage_name=None, batch_size=None):
     cost = compiled.cost_analysis() or {}
     return {"device_kind": devices[0].device_kind, "chips": len(devices),
             "mesh": dict(mesh.shape), "stage": stage.name, "global_batch": batch_size,
+            "attention_impl": config.model.attention_impl,
             "per_chip_memory_bytes": per_chip,
             "per_chip_arguments_bytes": memory.argument_size_in_bytes,
             "per_chip_temp_bytes": memory.temp_size_in_bytes,

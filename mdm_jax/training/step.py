@@ -11,6 +11,7 @@ import optax
 
 from mdm_jax import diffusion
 from mdm_jax.conditioning.text import no_text
+from mdm_jax.models import config as model_config_lib
 from mdm_jax.runs.state import ema_update
 
 
@@ -29,6 +30,7 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
     ratio picks the same rows (`diffusion.micro_batch_order`).
     """
     scales = tuple(scales)
+    frame_ratios = model_config_lib.nest_frame_ratios(model.model)  # None for images
     uses_labels = model.model.num_classes > 0
     accumulate = gradient_accumulation_steps
 
@@ -45,7 +47,8 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
 
         per_example, aux = diffusion.multires_loss(
             denoise, images, times, noises, config=diffusion_config, scales=scales,
-            lm_outputs=lm_outputs, lm_mask=lm_mask, micros=micros, **extra)
+            lm_outputs=lm_outputs, lm_mask=lm_mask, micros=micros, frame_ratios=frame_ratios,
+            **extra)
         return jnp.sum(per_example * aux["example_weight"]) / total_weight, aux["mse"]
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -53,7 +56,8 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
     def loss_and_grads(params, batch, rng, frozen):
         noise_rng, dropout_rng = jax.random.split(rng)
         times, noises = diffusion.sample_loss_noise(
-            noise_rng, batch["images"], scales, diffusion_config.num_diffusion_steps)
+            noise_rng, batch["images"], scales, diffusion_config.num_diffusion_steps,
+            frame_ratios)
         # = diffusion.batch_loss's denominator over the whole batch.
         total_weight = jnp.sum(diffusion.example_weights(diffusion_config, times))
         if accumulate == 1:

@@ -14,6 +14,11 @@ def validate(config, num_devices=None, num_processes=None):
     if config.model is None:
         raise ValueError("config.model is not set: the experiment config must define the model.")
     model_config_lib.validate(config.model)
+    for section in ("model", "text"):
+        if config[section].get("attention_impl") == "cudnn" and jax.default_backend() != "gpu":
+            raise ValueError(
+                f"config.{section}.attention_impl='cudnn' needs NVIDIA GPUs and this run is on "
+                f"{jax.default_backend()}: set --config.{section}.attention_impl=xla.")
     data_config_lib.validate(config.data)
     model_config_lib.level_sizes(config.model, config.data.image_size)
     mesh = sharding.mesh_shape(config.mesh, num_devices)

@@ -1,0 +1,231 @@
+"""The video NestedUNet: clips as a time axis, spatial and temporal levels, temporal
+attention, the clip pyramid of the loss, and a video model made from an image model."""
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from mdm_jax.diffusion import DiffusionConfig, process
+from mdm_jax.diffusion.loss import batch_loss, multires_loss, sample_loss_noise
+from mdm_jax.models import build_model, example_inputs, inflate, temporal
+from mdm_jax.models import config as config_lib
+from mdm_jax.parallel import sharding
+
+SMALL = dict(temporal_dim=64, num_groups_norm=8)
+
+
+def temporal_nested_config():
+    """16x64^2 (spatial) > 16x16^2 (temporal, 16 -> 1 frame) > 1x16^2, scaled down."""
+    inner = config_lib.level_config(resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
+                                    attention_levels=[1], num_attention_layers=[0, 1], **SMALL)
+    middle = config_lib.level_config(
+        resolution_channels=[16] * 5, num_resnets_per_resolution=[1] * 5,
+        num_attention_layers=[0] * 5, kind="temporal", skip_mid_blocks=True,
+        skip_normalization=False, num_temporal_attention_layers=[1, 1, 0, 0, 0],
+        temporal_positional_encoding=True, **SMALL)
+    middle.inner = inner
+    outer = config_lib.level_config(
+        resolution_channels=[8, 16, 16], num_resnets_per_resolution=[1, 1, 1],
+        num_attention_layers=[0] * 3, skip_mid_blocks=True, skip_normalization=False,
+        num_temporal_attention_layers=[0, 0, 1], **SMALL)
+    outer.inner = middle
+    return config_lib.model_config(outer, num_frames=16, conditioning_feature_dim=16)
+
+
+def image_config(num_frames=0, temporal_layers=()):
+    """A two-level image NestedUNet 32^2 > 16^2, or (num_frames > 0) the same levels as a
+    video model with temporal attention after each ResNet at resolutions temporal_layers."""
+    def layers(n):
+        return [int(i in temporal_layers) for i in range(n)] if num_frames else []
+    inner = config_lib.level_config(resolution_channels=[16, 32], num_resnets_per_resolution=[1, 1],
+                                    attention_levels=[1], num_attention_layers=[0, 1],
+                                    num_temporal_attention_layers=layers(2), **SMALL)
+    outer = config_lib.level_config(resolution_channels=[8, 16], num_resnets_per_resolution=[1, 1],
+                                    num_attention_layers=[0, 0], skip_mid_blocks=True,
+                                    num_temporal_attention_layers=layers(2), **SMALL)
+    outer.inner = inner
+    return config_lib.model_config(outer, num_frames=num_frames, conditioning_feature_dim=16)
+
+
+def boxed_shapes(cfg, size):
+    xs, kwargs = example_inputs(cfg, size)
+    return jax.eval_shape(lambda: build_model(cfg).init(jax.random.key(0), xs, **kwargs))[
+        "params"]
+
+
+def fresh(cfg, size, seed=0):
+    """Fresh parameters on one device, made leaf by leaf (fast to compile)."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1}, jax.devices()[:1])
+    return sharding.create_leafwise(boxed_shapes(cfg, size), mesh, sharding.DEFAULT_RULES, seed)
+
+
+def randomise(params, names, seed=0):
+    """params with the leaves whose path contains one of `names` drawn at random (to give
+    zero-initialised output layers weights)."""
+    rng = np.random.default_rng(seed)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, v: jnp.asarray(rng.normal(0, 0.05, v.shape), v.dtype)
+        if any(n in jax.tree_util.keystr(p) for n in names) else v, params)
+
+
+def text_inputs(batch, seed=0):
+    rng = np.random.default_rng(seed)
+    return dict(lm_outputs=jnp.asarray(rng.normal(size=(batch, 4, 16)), jnp.float32),
+                lm_mask=jnp.asarray([[1, 1, 1, 0]] * batch, jnp.int32))
+
+
+def test_level_frames_sizes_and_config_errors():
+    cfg = temporal_nested_config()
+    assert config_lib.level_frames(cfg) == [16, 16, 1]
+    assert config_lib.level_sizes(cfg, 64) == [64, 16, 16]
+    assert config_lib.nest_frame_ratios(cfg) == [16, 16, 1]
+    cfg.num_frames = 8
+    with pytest.raises(ValueError, match="multiple of 16"):
+        config_lib.validate(cfg)
+    image = image_config()
+    image.unet.kind = "temporal"
+    with pytest.raises(ValueError, match="model.num_frames"):
+        config_lib.validate(image)
+    cfg = temporal_nested_config()
+    cfg.unet.num_temporal_attention_layers = [1]
+    with pytest.raises(ValueError, match="one per resolution"):
+        config_lib.validate(cfg)
+
+
+def test_clip_pyramid_pools_frames_and_subsamples_by_the_local_ratio():
+    clips = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 8, 3)), jnp.float32)
+    levels = process.pyramid(clips, [4, 2, 2], frame_ratios=[8, 4, 2])
+    assert [x.shape for x in levels] == [(2, 8, 8, 8, 3), (2, 4, 4, 4, 3), (2, 2, 4, 4, 3)]
+    assert [x.shape for x in levels] == process.level_shapes(clips.shape, [4, 2, 2], [8, 4, 2])
+    pooled = process.average_pool(clips.reshape(16, 8, 8, 3), 2).reshape(2, 8, 4, 4, 3)
+    np.testing.assert_allclose(levels[1], pooled[:, [0, 2, 4, 6]], rtol=1e-6)
+    # The local ratio (4 -> 2 frames: every second one) keeps frames 0 and 4; the ratio to
+    # the top level (8 / 2 = 4) would keep only frame 0.
+    np.testing.assert_allclose(levels[2], pooled[:, [0, 4]], rtol=1e-6)
+
+
+def test_temporal_layers_start_as_identity_and_mix_frames_once_trained():
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2 * 4, 3, 3, 16)), jnp.float32)
+    layer = temporal.TemporalAttention(rotary=True)
+    params = layer.init(jax.random.key(0), x, 4)
+    np.testing.assert_array_equal(layer.apply(params, x, 4), x)
+    params = randomise(params, ["proj_out", "mlp_out"])
+    y = layer.apply(params, x, 4)
+    # Changing frame 3 of clip 0 changes its other frames, never the other clip's.
+    x2 = x.at[3].add(jnp.linspace(-1, 1, 16))  # not a constant: LayerNorm removes those
+    y2 = layer.apply(params, x2, 4)
+    assert float(jnp.abs(y2[:3] - y[:3]).max()) > 1e-4
+    np.testing.assert_array_equal(y2[4:], y[4:])
+    down = temporal.TemporalResample(8, "down")
+    p = down.init(jax.random.key(1), x, 4)
+    z, frames = down.apply(p, x, 4)
+    assert frames == 2 and z.shape == (2 * 2, 3, 3, 8)
+    up = temporal.TemporalResample(16, "up")
+    z, frames = up.apply(up.init(jax.random.key(2), z, 2), z, 2)
+    assert frames == 4 and z.shape == x.shape
+
+
+def test_temporal_nested_model_trains_sharded_on_8_devices_as_on_one():
+    """Forward and backward of 16x64^2 > 16x16^2 > 1x16^2 on a 2x4 data x fsdp mesh of
+    fake CPU devices: output shapes, the loss and every gradient equal one device's."""
+    cfg = temporal_nested_config()
+    params = randomise(fresh(cfg, 64), ["proj_out", "mlp_out", "conv2", "adapter", "conv_out"])
+    model = build_model(cfg)
+    diffusion = DiffusionConfig(num_diffusion_steps=1000, use_double_loss=True)
+    scales = config_lib.nest_scales(cfg)
+    ratios = config_lib.nest_frame_ratios(cfg)
+    clips = jnp.asarray(np.random.default_rng(1).uniform(-1, 1, (8, 16, 64, 64, 3)), jnp.float32)
+    times, noises = sample_loss_noise(jax.random.key(3), clips, scales, 1000, ratios)
+    text = text_inputs(8)
+
+    def loss_fn(p, clips, noises, times, text):
+        def denoise(xs, t, lm_outputs, lm_mask, micros):
+            return model.apply({"params": p}, xs, t, lm_outputs, lm_mask, micros)
+        loss, aux = multires_loss(denoise, clips, times, noises, config=diffusion,
+                                  scales=scales, frame_ratios=ratios, **text)
+        return batch_loss(loss, aux["example_weight"]), aux["mse"]
+
+    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
+    (loss1, mse1), grads1 = grad_fn(params, clips, noises, times, text)
+    assert [m.shape for m in mse1] == [(8,)] * 3
+
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    shardings = sharding.tree_shardings(boxed_shapes(cfg, 64), mesh, sharding.DEFAULT_RULES)
+    sharded = jax.device_put(params, shardings)
+    assert any(len(s.device_set) == 8 and not s.is_fully_replicated
+               for s in jax.tree_util.tree_leaves(shardings))
+    batch = jax.device_put((clips, noises, times, text),
+                           jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
+                               ("data", "fsdp"))))
+    (loss8, mse8), grads8 = grad_fn(sharded, *batch)
+    np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(grads8), jax.tree_util.tree_leaves(grads1)):
+        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
+    flat = flax.traverse_util.flatten_dict(grads1, sep="/")
+    temporal_grads = [v for k, v in flat.items() if "temporal_" in k]
+    assert temporal_grads and all(float(jnp.abs(g).max()) > 0 for g in temporal_grads)
+
+
+def test_all_spatial_video_model_from_an_image_model_is_that_model_on_each_frame():
+    """Temporal attention at its zero initialisation: the video model made from an image
+    model's parameters gives, frame by frame, exactly the image model's outputs."""
+    image_cfg, video_cfg = image_config(), image_config(num_frames=4, temporal_layers=(0, 1))
+    image_params = randomise(fresh(image_cfg, 32), ["conv2", "adapter", "conv_out", "proj_out"])
+    video_params = inflate.image_to_video_params(fresh(video_cfg, 32, seed=1), video_cfg,
+                                                 image_params, image_cfg)
+    rng = np.random.default_rng(2)
+    clips = [jnp.asarray(rng.normal(size=(2, 4, s, s, 3)), jnp.float32) for s in (32, 16)]
+    times, text = jnp.array([10, 700]), text_inputs(2)
+    video_out = jax.jit(build_model(video_cfg).apply)({"params": video_params}, clips, times,
+                                                      **text)
+    image_apply = jax.jit(build_model(image_cfg).apply)
+    for f in range(4):
+        image_out = image_apply({"params": image_params}, [x[:, f] for x in clips], times,
+                                **text)
+        for level in range(2):
+            np.testing.assert_allclose(video_out[level][:, f], image_out[level], rtol=1e-5,
+                                       atol=1e-5)
+    # Trained temporal layers make the frames depend on each other.
+    mixed = randomise(video_params, ["temporal_attn"], seed=3)
+    out = jax.jit(build_model(video_cfg).apply)({"params": mixed}, clips, times, **text)
+    assert float(jnp.abs(out[0] - video_out[0]).max()) > 1e-4
+
+
+def test_temporal_video_model_from_an_image_model_keeps_every_image_layer():
+    """The image model's levels fill the spatial level and the innermost UNet; at zero
+    adapters the innermost output is the image model's innermost on its frame."""
+    image_cfg, video_cfg = image_config(), temporal_nested_config()
+    video_cfg.unet.inner.inner = image_cfg.unet.inner  # the image model's inner UNet
+    video_cfg.unet.resolution_channels = [8, 16, 16]
+    image_cfg.unet.resolution_channels = [8, 16, 16]
+    image_cfg.unet.num_resnets_per_resolution = [1, 1, 1]
+    image_cfg.unet.num_attention_layers = [0, 0, 0]
+    image_params = randomise(fresh(image_cfg, 64), ["conv2", "adapter", "conv_out"])
+    video_params = inflate.image_to_video_params(fresh(video_cfg, 64, seed=1), video_cfg,
+                                                 image_params, image_cfg)
+    flat_video = flax.traverse_util.flatten_dict(video_params, sep="/")
+    flat_image = flax.traverse_util.flatten_dict(image_params, sep="/")
+    copied = 0
+    for key, value in flat_image.items():
+        level = key.count("inner_unet")
+        target = key if level == 0 else key.replace("inner_unet/", "inner_unet/inner_unet/", 1)
+        if level == 0 and "adapter" in key:
+            assert not np.any(flat_video[target]), key  # fresh zeros: the inner is temporal
+            continue
+        np.testing.assert_array_equal(flat_video[target], value)
+        copied += 1
+    assert copied > 20
+    rng = np.random.default_rng(4)
+    shapes = [(1, 16, 64, 64, 3), (1, 16, 16, 16, 3), (1, 1, 16, 16, 3)]
+    clips = [jnp.asarray(rng.normal(size=s), jnp.float32) for s in shapes]
+    times, text = jnp.array([300]), text_inputs(1)
+    video_out = jax.jit(build_model(video_cfg).apply)({"params": video_params}, clips, times,
+                                                      **text)
+    inner_cfg = config_lib.model_config(image_cfg.unet.inner, conditioning_feature_dim=16)
+    inner_out = jax.jit(build_model(inner_cfg).apply)({"params": image_params["inner_unet"]},
+                                                      [clips[2][:, 0]], times, **text)
+    np.testing.assert_allclose(video_out[2][:, 0], inner_out[0], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="spatial one"):
+        inflate.image_to_video_params(video_params, video_cfg,
+                                      image_params["inner_unet"], inner_cfg)
