@@ -126,6 +126,7 @@ def test_temporal_layers_start_as_identity_and_mix_frames_once_trained():
     assert frames == 4 and z.shape == x.shape
 
 
+@pytest.mark.slow
 def test_temporal_nested_model_trains_sharded_on_8_devices_as_on_one():
     """Forward and backward of 16x64^2 > 16x16^2 > 1x16^2 on a 2x4 data x fsdp mesh of
     fake CPU devices: output shapes, the loss and every gradient equal one device's."""
@@ -167,6 +168,7 @@ def test_temporal_nested_model_trains_sharded_on_8_devices_as_on_one():
     assert temporal_grads and all(float(jnp.abs(g).max()) > 0 for g in temporal_grads)
 
 
+@pytest.mark.slow
 def test_all_spatial_video_model_from_an_image_model_is_that_model_on_each_frame():
     """Temporal attention at its zero initialisation: the video model made from an image
     model's parameters gives, frame by frame, exactly the image model's outputs."""

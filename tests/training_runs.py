@@ -17,13 +17,20 @@ NO_GRIDS = "--config.sample.num_samples=0"
 COMPILE_CACHE = os.path.join(ROOT, ".pytest_cache", "jax_compile_cache")
 
 
-def smoke_config():
-    """configs/demo.py:smoke, loaded as the training command loads it."""
+def load_config(spec_string):
+    """A config as the training command loads it: 'configs/NAME.py[:preset]'."""
     import importlib.util
-    spec = importlib.util.spec_from_file_location("demo", os.path.join(ROOT, "configs", "demo.py"))
+    path, _, preset = spec_string.partition(":")
+    spec = importlib.util.spec_from_file_location(os.path.basename(path)[:-3],
+                                                  os.path.join(ROOT, path))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config("smoke")
+    return module.get_config(preset or None)
+
+
+def smoke_config():
+    """configs/demo.py:smoke, loaded as the training command loads it."""
+    return load_config("configs/demo.py:smoke")
 
 
 def train_command(workdir, data_dir, *extra):

@@ -10,7 +10,10 @@ import os
 import ml_collections
 from ml_collections import config_dict
 
-DATASETS = ("shapes", "image_text", "imagenet", "synthetic")
+DATASETS = ("shapes", "image_text", "imagenet", "synthetic", "video", "moving_shapes")
+# Data sets of clips: each has a config section of the same name whose image_size and
+# num_frames say what its records store.
+VIDEO_DATASETS = ("video", "moving_shapes")
 CROPS = ("center", "random")
 CAPTION_OVERFLOW = ("truncate", "filter")
 
@@ -19,9 +22,12 @@ def get_data_config():
     c = ml_collections.ConfigDict()
     c.dataset = "shapes"
     c.data_dir = "~/tensorflow_datasets"  # tfds root holding the built data sets
-    c.manual_dir = ""  # image_text / imagenet sources; '' = <data_dir>/downloads/manual
+    c.manual_dir = ""  # image_text / imagenet / video sources; '' = <data_dir>/downloads/manual
     c.split = "train"
     c.image_size = 256  # side of the square images the pipeline returns (the top level)
+    # Video data sets: frames of each clip the pipeline returns (the first ones stored);
+    # None or 0 = all stored, 1 = plain images (each clip's first frame).
+    c.num_frames = config_dict.placeholder(int)
     c.crop = "center"
     c.random_flip = False  # off by default: a flip contradicts 'on the left' in a caption
     c.max_image_pixels = 64_000_000  # larger images (after JPEG draft scaling) are skipped
@@ -43,6 +49,15 @@ def get_data_config():
     # image_text: `name` tells variants apart in data_dir; sources are patterns in manual_dir.
     c.image_text = ml_collections.ConfigDict(dict(
         name="default", sources="*.tar,*.tsv", validation_sources=""))
+    # video: clips decoded from local files listed in a CSV (WebVid's layout) in
+    # manual_dir; `name` tells variants apart in data_dir, the others say what is stored:
+    # num_frames frames a clip, every frame_stride-th of the video, image_size pixels square.
+    c.video = ml_collections.ConfigDict(dict(
+        name="default", csv="results.csv", image_size=256, num_frames=16, frame_stride=4))
+    # moving_shapes: the generated video data set, one tfds config per (image_size,
+    # num_frames, num_examples, seed).
+    c.moving_shapes = ml_collections.ConfigDict(dict(
+        image_size=64, num_frames=16, num_examples=10_000, seed=0))
     # synthetic: random tensors with every field, for benchmarks; nothing to build.
     c.synthetic = ml_collections.ConfigDict(dict(
         num_examples=10_000, vocab_size=32_128, num_classes=1000))
@@ -60,6 +75,44 @@ def _in_range(config, key, low, high=None):
     if value < low or (high is not None and value > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"data.{key} must be {bound}; got {value!r}.")
+
+
+def stored_frames(config):
+    """Frames each record of config's data set stores; 0 for a data set of images."""
+    return config[config.dataset].num_frames if config.dataset in VIDEO_DATASETS else 0
+
+
+def clip_frames(config):
+    """Frames T of each example's `images` from config's data set: 0 when they are images
+    [S, S, 3] (an image data set, or clips read with data.num_frames=1), else T >= 2 for
+    clips [T, S, S, 3]."""
+    frames = config.num_frames or stored_frames(config)
+    return frames if frames > 1 else 0
+
+
+def _check_frames(config):
+    frames, dataset = config.num_frames, config.dataset
+    if frames is not None and frames < 0:
+        raise ValueError(f"data.num_frames must be >= 1, or 0 or None for all stored "
+                         f"frames; got {frames}.")
+    if dataset not in VIDEO_DATASETS:
+        if frames and frames > 1:
+            raise ValueError(
+                f"data.num_frames={frames} needs a video data set ({', '.join(VIDEO_DATASETS)})"
+                f"; data.dataset={dataset!r} holds images: leave data.num_frames unset.")
+        return
+    stored = config[dataset]
+    if frames and frames > stored.num_frames:
+        raise ValueError(
+            f"data.num_frames={frames} but the {dataset} data set stores {stored.num_frames} "
+            f"frames a clip: set data.num_frames to at most {stored.num_frames}, or build "
+            f"longer clips (--data.{dataset}.num_frames={frames}).")
+    if config.image_size > stored.image_size:
+        raise ValueError(
+            f"data.image_size={config.image_size} but the {dataset} data set stores "
+            f"{stored.image_size}-pixel frames: set data.image_size to at most "
+            f"{stored.image_size}, or build it at that size "
+            f"(--data.{dataset}.image_size={config.image_size}).")
 
 
 def validate(config):
@@ -81,6 +134,7 @@ def validate(config):
     if config.num_epochs is not None and config.num_epochs < 1:
         raise ValueError(f"data.num_epochs must be >= 1, or None to repeat forever; "
                          f"got {config.num_epochs}.")
+    _check_frames(config)
     if config.dataset != "synthetic":
         sources.describe(config)  # raises naming the build command if not built
     return config
@@ -121,9 +175,9 @@ def check_text_inputs(config, text):
             raise ValueError(
                 f"text.tokenizer {text.tokenizer!r} does not exist: point it at a "
                 f"sentencepiece model (T5's spiece.model works) or train one with {train}.")
-        if config.dataset == "shapes":
+        if config.dataset in ("shapes", "moving_shapes"):
             raise ValueError(
-                f"The shapes data set's tokenizer {info.tokenizer} is missing: run "
+                f"The {config.dataset} data set's tokenizer {info.tokenizer} is missing: run "
                 f"`{sources.build_command(config)}`, which trains it.")
         raise ValueError(
             f"Data set {config.dataset!r} has captions but text.tokenizer is empty: set it "

@@ -2,8 +2,8 @@
 
 A record the pipeline cannot use whole is converted (and kept) or skipped, and counted
 under one of READ_COUNTERS. Builders count what they skip while converting sources
-(BUILD_COUNTERS, in a BuildSkips that also names each skipped shard and why) and store
-both in the data set's tfds metadata; a BuildSummary of them ends every build. The
+(BUILD_COUNTERS, in a BuildSkips that also names each skipped shard or video and why) and
+store both in the data set's tfds metadata; a BuildSummary of them ends every build. The
 pipeline reports both kinds of counts, cumulatively, in every batch (see pipeline.py and
 docs/data.md).
 """
@@ -29,12 +29,24 @@ READ_COUNTERS = (
 )
 
 # Counted once by a builder, stored in the data set's metadata under "build_counters".
-BUILD_COUNTERS = (
+# The image_text builder's:
+SHARD_COUNTERS = (
     "skipped_missing_shard",    # a listed tar or TSV file does not exist
     "skipped_unreadable_shard",  # a tar or TSV file that could not be read (to its end)
     "skipped_missing_caption",  # an image in a tar without its KEY.txt
     "skipped_missing_image",    # a caption in a tar without an image, or a TSV row's missing file
 )
+# The video builder's, one for each video of its CSV that it skips:
+VIDEO_COUNTERS = (
+    "skipped_missing_video",     # the row's file does not exist (or the row names none)
+    "skipped_unreadable_video",  # not a video, damaged, or failed to decode
+    "skipped_short_video",       # fewer than num_frames * frame_stride frames
+    "skipped_small_video",       # wrong-sized: shorter side below the data set's image_size
+)
+BUILD_COUNTERS = SHARD_COUNTERS + VIDEO_COUNTERS
+# A video build names this many skipped files a split (and counts all): a big CSV can
+# miss thousands, which would swamp the summary and the data set's metadata.
+MAX_NAMED_FILES = 100
 
 READ_INDEX = {name: i for i, name in enumerate(READ_COUNTERS)}
 # Field of each example (int32 [len(READ_COUNTERS)]) counting the records its worker
@@ -69,16 +81,23 @@ def as_dict(read_totals, build_totals):
 
 
 class BuildSkips:
-    """What a builder skipped in one split: `counts`, {BUILD_COUNTERS name: count}, and
-    `shards`, a [path, reason] pair for each missing or unreadable shard."""
+    """What a builder skipped in one split: `counts`, {counter name: count} of its
+    builder's counters (`names`: SHARD_COUNTERS, or VIDEO_COUNTERS), and `shards`, a
+    [path, reason] pair for each missing or unreadable shard (or the first
+    MAX_NAMED_FILES skipped videos)."""
 
-    def __init__(self):
-        self.counts = dict.fromkeys(BUILD_COUNTERS, 0)
+    def __init__(self, names=SHARD_COUNTERS):
+        self.counts = dict.fromkeys(names, 0)
         self.shards = []
 
     def skip_shard(self, path, counter, reason):
         self.counts[counter] += 1
         self.shards.append([path, reason])
+
+    def skip_file(self, path, counter, reason):
+        self.counts[counter] += 1
+        if len(self.shards) < MAX_NAMED_FILES:
+            self.shards.append([path, reason])
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The grain input pipeline: per-host batches of numpy arrays, checkpointable exactly.
 
     records -> seeded shuffle, a new order each epoch -> repeat
-    -> ProcessRecord: decode, crop, flip, scale, tokenise (as the caller's TextInputs
-       says), dropout (seeded per record)
+    -> ProcessRecord: decode (an image, or a clip's first data.num_frames frames), crop,
+       flip, scale, tokenise (as the caller's TextInputs says), dropout (seeded per record)
     -> ProcessSlice: this process's rows of each global batch (the same global batches
        whatever the number of processes)
     -> SkipBadRecords: drop skipped records, their counts carried by a kept example

@@ -1,10 +1,12 @@
-"""From a data config to the built tfds data set: its builder, building it (`build`, behind
-`python -m mdm_jax.build_data`) and the summary of what the build skipped, what its
-records hold, the command that builds it, and a random-access source of its records.
+"""From a data config to the built tfds data set (shapes, image_text, imagenet, video or
+moving_shapes): its builder, building it (`build`, behind `python -m mdm_jax.build_data`)
+and the summary of what the build skipped, what its records hold, the command that builds
+it, and a random-access source of its records.
 """
 import dataclasses
 import itertools
 import os
+import shlex
 
 from absl import logging
 
@@ -12,12 +14,17 @@ from mdm_jax.data import (
     counters,
     image_text,
     imagenet,
+    moving_shapes,
     records,
     shapes,
     shapes_render,
     synthetic,
     transforms,
+    video,
 )
+
+# The data sets with their own tokenizer, in the data set's folder.
+_OWN_TOKENIZER = {"shapes": shapes.TOKENIZER_FILE, "moving_shapes": moving_shapes.TOKENIZER_FILE}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +35,7 @@ class SourceInfo:
     tokenizer: str  # the data set's own tokenizer (shapes ships one); '' if it has none
     num_examples: int  # in the configured split
     build_counters: dict  # what the builder skipped, {counter name: count}
+    num_frames: int = 0  # frames a record stores (video data sets); 0 for images
 
 
 def data_dir(config):
@@ -46,6 +54,14 @@ def make_builder(config):
                                        cfg.validation_sources)
     if config.dataset == "imagenet":
         return imagenet.make_builder(data_dir(config))
+    if config.dataset == "video":
+        cfg = config.video
+        return video.make_builder(data_dir(config), cfg.name, cfg.csv, cfg.image_size,
+                                  cfg.num_frames, cfg.frame_stride)
+    if config.dataset == "moving_shapes":
+        cfg = config.moving_shapes
+        return moving_shapes.make_builder(data_dir(config), cfg.image_size, cfg.num_frames,
+                                          cfg.num_examples, cfg.seed)
     raise ValueError(f"Data set {config.dataset!r} has no tfds builder.")
 
 
@@ -69,9 +85,18 @@ def build(config, num_processes=None):
                                   cfg.sources, cfg.validation_sources)
     elif config.dataset == "imagenet":
         folder = imagenet.build(data_dir(config), manual_dir(config))
+    elif config.dataset == "video":
+        cfg = config.video
+        folder = video.build(data_dir(config), manual_dir(config), cfg.name, cfg.csv,
+                             cfg.image_size, cfg.num_frames, cfg.frame_stride,
+                             num_processes=num_processes)
+    elif config.dataset == "moving_shapes":
+        cfg = config.moving_shapes
+        folder = moving_shapes.build(data_dir(config), cfg.image_size, cfg.num_frames,
+                                     cfg.num_examples, cfg.seed, num_processes=num_processes)
     else:
         raise ValueError(f"data.dataset={config.dataset!r} has nothing to build; choose "
-                         "shapes, image_text or imagenet.")
+                         "shapes, image_text, imagenet, video or moving_shapes.")
     summary = build_summary(config)
     (logging.warning if summary.skipped else logging.info)("%s", summary)
     return folder
@@ -93,10 +118,14 @@ def flags(config):
     out = [f"--data.dataset={config.dataset}", f"--data.data_dir={config.data_dir}"]
     if config.dataset == "shapes":
         out += [f"--data.shapes.{k}={v}" for k, v in config.shapes.items()]
-    if config.dataset in ("image_text", "imagenet"):
+    if config.dataset == "moving_shapes":
+        out += [f"--data.moving_shapes.{k}={v}" for k, v in config.moving_shapes.items()]
+    if config.dataset in ("image_text", "imagenet", "video"):
         out.append(f"--data.manual_dir={config.manual_dir or 'DIR_WITH_SOURCES'}")
     if config.dataset == "image_text":
         out += [f"--data.image_text.{k}='{v}'" for k, v in config.image_text.items() if v]
+    if config.dataset == "video":
+        out += [f"--data.video.{k}={shlex.quote(str(v))}" for k, v in config.video.items()]
     return " ".join(out)
 
 
@@ -130,18 +159,19 @@ def _describe(config, builder):
     features = builder.info.features
     has_caption = records.CAPTION in features
     tokenizer = ""
-    if config.dataset == "shapes":
-        tokenizer = os.path.join(builder.data_dir, shapes.TOKENIZER_FILE)
+    if config.dataset in _OWN_TOKENIZER:
+        tokenizer = os.path.join(builder.data_dir, _OWN_TOKENIZER[config.dataset])
     class_names = ()
     if records.LABEL in features:
-        class_names = (shapes_render.CLASS_NAMES if config.dataset == "shapes"
+        class_names = (shapes_render.CLASS_NAMES if config.dataset in ("shapes", "moving_shapes")
                        else imagenet.class_descriptions())
     metadata = builder.info.metadata or {}
     build_counters = dict(metadata.get("build_counters", {}).get(config.split, {}))
+    num_frames = features[records.FRAMES].shape[0] if records.FRAMES in features else 0
     return SourceInfo(has_caption=has_caption, has_label=records.LABEL in features,
                       class_names=tuple(class_names), tokenizer=tokenizer,
                       num_examples=splits[config.split].num_examples,
-                      build_counters=build_counters)
+                      build_counters=build_counters, num_frames=num_frames)
 
 
 def open_source(config, text=None):

@@ -53,6 +53,9 @@ class ExampleSpec:
     # and mask of "" that caption dropout substitutes.
     embeddings_metadata: dict = None
     unconditional: tuple = None
+    # Video data sets: the first num_frames stored frames of each clip make its example
+    # (one: a plain image, the first frame); 0 for a data set of images.
+    num_frames: int = 0
 
     @classmethod
     def from_config(cls, config, info, text):
@@ -65,13 +68,14 @@ class ExampleSpec:
                 unconditional = embeddings.unconditional(text.embeddings_dir)
             else:
                 tokenizer = text.tokenizer_path(info)
+        num_frames = (config.num_frames or info.num_frames) if info.num_frames else 0
         return cls(image_size=config.image_size, random_crop=config.crop == "random",
                    random_flip=config.random_flip, max_image_pixels=config.max_image_pixels,
                    tokenizer=tokenizer, max_length=max_length,
                    filter_long_captions=config.caption_overflow == "filter",
                    caption_dropout=config.caption_dropout, label_dropout=config.label_dropout,
                    has_label=info.has_label, embeddings_metadata=metadata,
-                   unconditional=unconditional)
+                   unconditional=unconditional, num_frames=num_frames)
 
 
 def decode_caption(data, counts):
@@ -119,14 +123,12 @@ class ProcessRecord(grain.transforms.RandomMap):
             embedding, mask = (spec.unconditional if drop_caption else embeddings.decode_record(
                 record[EMBEDDING], spec.embeddings_metadata)[1:])
             example["text_embeddings"], example["token_mask"] = embedding, mask
-        image, stored_size = images.open_rgb(
-            record[records.IMAGE], spec.image_size, spec.max_image_pixels, counts)
-        if min(image.size) < spec.image_size:
-            counts[counters.READ_INDEX["upscaled_small"]] += 1
-        pixels = images.square(image, spec.image_size,
-                               crop_offset if spec.random_crop else None)
+        if spec.num_frames:
+            pixels, stored_size = self._clip(record[records.FRAMES], counts)
+        else:
+            pixels, stored_size = self._image(record[records.IMAGE], crop_offset, counts)
         if spec.random_flip and flip:
-            pixels = pixels[:, ::-1]
+            pixels = pixels[..., ::-1, :]  # the width axis: every frame of a clip alike
         example["images"] = pixels.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1)
         # `scale` is the original image's shorter side in pixels: how many original pixels
         # the crop spans (see docs/data.md for the reference's definition).
@@ -137,6 +139,27 @@ class ProcessRecord(grain.transforms.RandomMap):
         if spec.has_label:
             example["labels"] = np.int32(-1 if drop_label else record[records.LABEL])
         return example
+
+    def _image(self, data, crop_offset, counts):
+        """(uint8 [S, S, 3], (width, height) as stored) of encoded image bytes."""
+        spec = self.spec
+        image, stored_size = images.open_rgb(data, spec.image_size, spec.max_image_pixels,
+                                             counts)
+        if min(image.size) < spec.image_size:
+            counts[counters.READ_INDEX["upscaled_small"]] += 1
+        return images.square(image, spec.image_size,
+                             crop_offset if spec.random_crop else None), stored_size
+
+    def _clip(self, frames, counts):
+        """(uint8 [T, S, S, 3], or [S, S, 3] for T = 1; (width, height) as stored) of a
+        clip's first T encoded frames. They are square already (the builders crop them);
+        a frame larger than S is resized down (data.image_size is never above the stored
+        size: config.validate)."""
+        spec = self.spec
+        decoded = [images.open_rgb(data, spec.image_size, spec.max_image_pixels, counts)
+                   for data in frames[:spec.num_frames]]
+        pixels = np.stack([images.square(frame, spec.image_size) for frame, _ in decoded])
+        return (pixels[0] if spec.num_frames == 1 else pixels), decoded[0][1]
 
     def _tokens(self, caption, drop, counts):
         spec = self.spec

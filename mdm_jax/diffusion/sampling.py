@@ -152,16 +152,17 @@ def sample(denoise_fn, x_init, step_noise, *, config, scales, num_steps, lm_outp
     return [jnp.clip(x, -1, 1) for x in xs]
 
 
-def initial_noise(key, shape, scales):
-    """Standard normal starting images for every level (shape: the highest level's NHWC)."""
+def initial_noise(key, shape, scales, frame_ratios=None):
+    """Standard normal starting images for every level (shape: the highest level's NHWC,
+    or NTHWC clips with frame_ratios, as process.level_shapes)."""
     keys = jax.random.split(key, len(scales))
-    shapes = process.level_shapes(shape, scales)
+    shapes = process.level_shapes(shape, scales, frame_ratios)
     return [jax.random.normal(k, sh, jnp.float32) for k, sh in zip(keys, shapes)]
 
 
-def step_noise_from_key(key, shape, scales):
+def step_noise_from_key(key, shape, scales, frame_ratios=None):
     """A `step_noise` function drawing fresh per-level noise for step i from fold_in(key, i)."""
-    shapes = process.level_shapes(shape, scales)
+    shapes = process.level_shapes(shape, scales, frame_ratios)
 
     def step_noise(i):
         keys = jax.random.split(jax.random.fold_in(key, i), len(shapes))

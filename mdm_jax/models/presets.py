@@ -1,4 +1,5 @@
-"""Architectures of the reference's released models (apple/ml-mdm configs/models/*.yaml).
+"""Architectures of the reference's released models (apple/ml-mdm configs/models/*.yaml),
+and our reconstruction of the paper's video model around them.
 
 The 64² UNet is the inner model of the 256² one, which is the inner model of the 1024²
 one: progressive training grows each into the next. With Flan-T5-XL text (2048 wide)
@@ -59,3 +60,31 @@ def cc12m_1024(**overrides):
 def class_conditional(unet, num_classes=1000, **overrides):
     """ImageNet: the same architecture, a class embedding instead of text."""
     return model_config.model_config(unet, num_classes=num_classes, **overrides)
+
+
+def temporal_level_64(inner, num_frames=16):
+    """The 16x64² temporal level of the paper's video model (its config was never
+    released; this is our reconstruction): five resolutions at 64², each halving the
+    frames (16 -> 1) so that its inner level is the 64² image UNet on the first frame,
+    temporal attention with rotary positions after every ResNet while there are frames
+    to attend over."""
+    halvings = int(num_frames).bit_length() - 1
+    n = halvings + 1
+    level = model_config.level_config(
+        resolution_channels=[128, 128] + [256] * (n - 2),
+        num_resnets_per_resolution=[1] * n, num_attention_layers=[0] * n, temporal_dim=1024,
+        num_groups_norm=32, skip_mid_blocks=True, skip_normalization=False, kind="temporal",
+        num_temporal_attention_layers=[1] * halvings + [0],
+        temporal_positional_encoding=True, micro_conditioning="scale:64")
+    level.inner = inner
+    return level
+
+
+def webvid_16x256(num_frames=16, **overrides):
+    """Text-to-video 16x256² ⊃ 16x64² ⊃ 1x64² (the paper's shape): the 256² level of
+    cc12m_256 run on every frame, with temporal attention at its 64² resolution, around
+    the temporal level, around the released 64² UNet."""
+    spatial = level_256(temporal_level_64(unet_64(), num_frames), skip_normalization=False)
+    spatial.num_temporal_attention_layers = [0, 0, 1]
+    spatial.temporal_positional_encoding = True
+    return _text_model(spatial, num_frames=num_frames, **overrides)

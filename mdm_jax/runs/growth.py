@@ -8,13 +8,16 @@ is kept as it was.
 
 `grown_state` is the one place this happens: the training loop calls it when a stage has
 no checkpoint yet, and `write_grown_checkpoint` (python -m mdm_jax.grow) saves its result
-as step 0 of a new run.
+as step 0 of a new run. `state_from_image_run` starts a video stage from an image model
+instead: its levels fill the video model's spatial levels and innermost UNet
+(mdm_jax.models.inflate), the temporal layers start fresh.
 """
 import flax
 import flax.linen as nn
 from absl import logging
 
 from mdm_jax.conditioning.text import TextConditioning
+from mdm_jax.models import inflate
 from mdm_jax.parallel import sharding
 from mdm_jax.runs import checkpoints as checkpoints_lib
 from mdm_jax.runs import state as state_lib
@@ -92,9 +95,44 @@ def grown_state(config, stages, stage, text, optimizer, mesh, rules, directory):
                                   mesh, rules)
 
 
-def write_grown_checkpoint(config, stage_name, from_checkpoint, workdir):
-    """Writes `stage_name` grown from the stage directory `from_checkpoint` as step 0 in
-    workdir (python -m mdm_jax.grow); returns the new stage's checkpoint directory."""
+def latest_stage_checkpoint(run_dir):
+    """(stage, directory) of a run's stage with the most levels that has a checkpoint,
+    planned from the config saved with it."""
+    run_config = checkpoints_lib.saved_run_config(run_dir)
+    for stage in reversed(plan_stages(run_config)):
+        directory = RunDir(run_dir).stage_checkpoints(stage.name)
+        if checkpoints_lib.latest_step(directory) is not None:
+            return stage, directory
+    raise FileNotFoundError(f"No stage checkpoint under {run_dir}/checkpoints.")
+
+
+def state_from_image_run(config, stage, text, optimizer, mesh, rules, image_run):
+    """(state, shardings) of video `stage` with the 2D layers (params and EMA) of the
+    image run's latest stage checkpoint, a fresh optimizer."""
+    if not stage.model_config.get("num_frames"):
+        raise ValueError(f"Stage {stage.name!r} is not a video stage (its top level has one "
+                         "frame): start it from an image run with --from_checkpoint.")
+    image_stage, directory = latest_stage_checkpoint(image_run)
+    if image_stage.model_config.get("num_frames"):
+        raise ValueError(f"{directory} is a video stage's checkpoint: --from_image_run takes "
+                         "an image model's run (or grow a video stage with --from_checkpoint).")
+    old_params, old_ema = previous_params(directory, image_stage, text, mesh, rules,
+                                          config.seed)
+    abstract, fresh = sharded_fresh_params(stage, text, config.seed, mesh, rules)
+
+    def inflated(old):
+        unet = inflate.image_to_video_params(fresh["unet"], stage.model_config, old["unet"],
+                                             image_stage.model_config)
+        return {**fresh, **old, "unet": unet}
+    logging.info("Stage %s: its 2D layers from %s.", stage.name, directory)
+    return state_lib.create_state(abstract, inflated(old_params), inflated(old_ema),
+                                  optimizer, mesh, rules)
+
+
+def write_grown_checkpoint(config, stage_name, from_checkpoint, workdir, from_image_run=None):
+    """Writes `stage_name` grown from the stage directory `from_checkpoint` (or, for a
+    video stage, made from the image run `from_image_run`) as step 0 in workdir (python
+    -m mdm_jax.grow); returns the new stage's checkpoint directory."""
     stages = plan_stages(config)
     stage = find_stage(stages, stage_name)
     directory = RunDir(workdir).stage_checkpoints(stage.name)
@@ -104,8 +142,12 @@ def write_grown_checkpoint(config, stage_name, from_checkpoint, workdir):
     text = TextConditioning.create(config, mesh, rules)
     st = stage.config
     optimizer = state_lib.make_optimizer(config.optimizer, st.learning_rate, st.warmup_steps)
-    state, _ = grown_state(config, stages, stage, text, optimizer, mesh, rules,
-                           RunDir.resolve(from_checkpoint))
+    if from_image_run:
+        state, _ = state_from_image_run(config, stage, text, optimizer, mesh, rules,
+                                        from_image_run)
+    else:
+        state, _ = grown_state(config, stages, stage, text, optimizer, mesh, rules,
+                               RunDir.resolve(from_checkpoint))
     checkpoints = checkpoints_lib.StageCheckpoints(directory)
     checkpoints.save(0, state, stage_checkpoint_config(config, stage))
     checkpoints.close()

@@ -76,6 +76,13 @@ def plan_stages(config):
     return out
 
 
+def top_level_shape(stage, batch_size):
+    """A batch of the stage's top level: NHWC images, or NTHWC clips for a video stage."""
+    frames = stage.model_config.get("num_frames", 0)
+    return (batch_size,) + ((frames,) if frames else ()) + (
+        stage.image_size, stage.image_size, stage.model_config.input_channels)
+
+
 def find_stage(stages, name):
     """The stage called `name`, or an error listing the config's stages."""
     by_name = {s.name: s for s in stages}

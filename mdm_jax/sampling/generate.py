@@ -19,8 +19,8 @@ from mdm_jax.models import build_model
 from mdm_jax.parallel import sharding
 from mdm_jax.runs import checkpoints as checkpoints_lib
 from mdm_jax.runs.layout import RunDir
-from mdm_jax.runs.stages import find_stage, fresh_params, plan_stages
-from mdm_jax.sampling import images, sampler
+from mdm_jax.runs.stages import find_stage, fresh_params, plan_stages, top_level_shape
+from mdm_jax.sampling import images, sampler, video
 
 SAMPLERS = sampler.SAMPLERS
 
@@ -117,8 +117,11 @@ def with_config_defaults(options, config):
 
 def generate(config, run_dir, output, options):
     """Samples and writes output/NNNNN.png (highest level) and output/grid.png (every
-    level side by side, a row per sample); returns the PNG paths of the samples."""
+    level side by side, a row per sample); returns the PNG paths of the samples. For a
+    video model: output/NNNNN.mp4, .gif and _levels.png (sampling/video.py)."""
     levels, _ = sample_checkpoint(config, run_dir, options)
+    if levels[0].ndim == 5:  # clips: MP4s, GIFs and frame strips
+        return video.write_clips(output, levels)
     return images.write_images(output, levels)
 
 
@@ -156,10 +159,9 @@ def stage_sampler(stage, options, guidance, mesh):
     o = options
     diffusion_config = stage.diffusion if o.threshold is None else dataclasses.replace(
         stage.diffusion, threshold=o.threshold)
-    shape = (o.batch_size, stage.image_size, stage.image_size,
-             stage.model_config.input_channels)
     return sampler.make_sampler(build_model(stage.model_config), diffusion_config,
-                                stage.scales, shape, sampler=o.sampler,
+                                stage.scales, top_level_shape(stage, o.batch_size),
+                                sampler=o.sampler,
                                 num_steps=o.num_steps, eta=o.eta, guidance_scale=guidance,
                                 mesh=mesh)
 

@@ -1,4 +1,5 @@
-"""Sampled levels as pictures: uint8, the grid of every level, and PNG files.
+"""Sampled levels as pictures: uint8, the grid of every level (strips of frames for
+video), and PNG files.
 
 Lower levels are scaled up (nearest) to the top size so a grid's rows line up. Files are
 written by process 0, through etils.epath (a local folder or a URL).
@@ -18,7 +19,10 @@ def to_uint8(images):
 
 
 def level_grid(levels):
-    """Levels [L] of [N, h_i, w_i, C] in [-1, 1] -> uint8 grid, one row per sample."""
+    """Levels [L] of [N, h_i, w_i, C] in [-1, 1] -> uint8 grid, one row per sample (for
+    video levels, each sample's clip_strips, one above the other)."""
+    if levels[0].ndim == 5:
+        return np.concatenate([clip_strips(levels, n) for n in range(levels[0].shape[0])])
     top = levels[0].shape[1]
     rows = []
     for n in range(levels[0].shape[0]):
@@ -29,6 +33,23 @@ def level_grid(levels):
             tiles.append(np.repeat(np.repeat(img, factor, axis=0), factor, axis=1))
         rows.append(np.concatenate(tiles, axis=1))
     return to_uint8(np.concatenate(rows, axis=0))
+
+
+def clip_strips(levels, n):
+    """Sample n of video levels [N, T_i, h_i, w_i, C] as one uint8 image: a row of frames
+    per level, each frame scaled up to the top size; a level's fewer frames (a temporal
+    level's inner) sit at the left of its row."""
+    top_frames, top = levels[0].shape[1], levels[0].shape[2]
+    rows = []
+    for level in levels:
+        clip = to_uint8(level[n])
+        factor = top // clip.shape[1]
+        frames = np.repeat(np.repeat(clip, factor, axis=1), factor, axis=2)
+        row = np.zeros((top, top * top_frames, clip.shape[-1]), np.uint8)
+        for t, frame in enumerate(frames):
+            row[:, t * top:(t + 1) * top] = frame
+        rows.append(row)
+    return np.concatenate(rows, axis=0)
 
 
 def write_png(path, image_uint8):

@@ -6,18 +6,19 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax import diffusion
+from mdm_jax.models import config as model_config_lib
 from mdm_jax.parallel import sharding
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
 
 
-def sampler_noise(key, shape, scales):
+def sampler_noise(key, shape, scales, frame_ratios=None):
     """(starting noise per level, step_noise(i)) from one key, through separate subkeys:
     the start must not equal any step's draw (step_noise folds in the step index, and
     fold_in(key, 1) of one key is step 1's draw)."""
     init_key, step_key = jax.random.split(key)
-    return (diffusion.initial_noise(init_key, shape, scales),
-            diffusion.step_noise_from_key(step_key, shape, scales))
+    return (diffusion.initial_noise(init_key, shape, scales, frame_ratios),
+            diffusion.step_noise_from_key(step_key, shape, scales, frame_ratios))
 
 
 def kernels_in_compute_dtype(params, dtype):
@@ -34,6 +35,7 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
                  guidance_scale, mesh=None, cast_kernels=True):
     """A jitted fn(params, key, labels, lm, mask, uncond_lm, uncond_mask) -> levels.
 
+    shape: the top level's, NHWC, or NTHWC for a video model.
     DDPM, DDIM (with eta) or DPM-Solver++(2M). The starting noise is drawn inside from
     `key`; with a mesh it is laid out over the batch sharding, so no host array of the
     batch's size is made. Class labels guide through the null label (-1), text through
@@ -43,7 +45,8 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
     scales = tuple(scales)
-    batch = None if mesh is None else sharding.batch_sharding(mesh, 4)
+    frame_ratios = model_config_lib.nest_frame_ratios(model.model)  # None for images
+    batch = None if mesh is None else sharding.batch_sharding(mesh, len(shape))
 
     def run(params, key, labels, lm, mask, uncond_lm, uncond_mask):
         if cast_kernels:
@@ -56,7 +59,7 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
                                           if doubled else labels)
             return model.apply({"params": params}, xs, t, lm_, mask_, micros, **kwargs)
 
-        x_init, step_noise = sampler_noise(key, shape, scales)
+        x_init, step_noise = sampler_noise(key, shape, scales, frame_ratios)
         if batch is not None:
             x_init = [jax.lax.with_sharding_constraint(x, batch) for x in x_init]
         common = dict(config=diffusion_config, scales=scales, num_steps=num_steps,

@@ -16,7 +16,6 @@ from jax.experimental import multihost_utils
 from mdm_jax import diffusion
 from mdm_jax.conditioning.text import TextConditioning, check_text, data_text_inputs
 from mdm_jax.data import pipeline as data_pipeline
-from mdm_jax.data import shapes as shapes_data
 from mdm_jax.data import sources as data_sources
 from mdm_jax.models import build_model
 from mdm_jax.models.flops import training_flops_per_example
@@ -32,6 +31,7 @@ from mdm_jax.runs.stages import (
     sharded_fresh_params,
     stage_checkpoint_config,
     stage_data_config,
+    top_level_shape,
 )
 from mdm_jax.sampling import images, sampler
 from mdm_jax.training import metrics as metrics_lib
@@ -92,15 +92,17 @@ def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, 
     return state_lib.create_state(abstract_params, params, params, optimizer, mesh, rules)
 
 
+GENERATED_DATASETS = ("shapes", "moving_shapes")
+
+
 def prepare_data(config):
-    """Generates the shapes data set on first use (it needs no download); other data sets
-    must be built beforehand (python -m mdm_jax.build_data), which validation checks."""
-    if config.data.dataset == "shapes":
+    """Generates the shapes or moving shapes data set on first use (they need no
+    download); other data sets must be built beforehand (python -m mdm_jax.build_data),
+    which validation checks."""
+    if config.data.dataset in GENERATED_DATASETS:
         if jax.process_index() == 0:
-            cfg = config.data.shapes
-            shapes_data.build(data_sources.data_dir(config.data), cfg.image_size,
-                              cfg.num_examples, cfg.seed, **shapes_data.variant(cfg))
-        multihost_utils.sync_global_devices("shapes data set built")
+            data_sources.build(config.data)
+        multihost_utils.sync_global_devices("generated data set built")
 
 
 def use_compile_cache(directory):
@@ -265,9 +267,8 @@ class StageRun:
             lm, mask = text.encode_prompts(self.state.ema_params, prompts)
             uncond = text.encode_prompts(self.state.ema_params, [""] * n)
         if self.grid_sampler is None:
-            shape = (n, stage.image_size, stage.image_size, stage.model_config.input_channels)
             self.grid_sampler = sampler.make_sampler(
-                self.model, stage.diffusion, stage.scales, shape,
+                self.model, stage.diffusion, stage.scales, top_level_shape(stage, n),
                 sampler=config.sample.sampler, num_steps=config.sample.num_steps,
                 eta=config.sample.eta, guidance_scale=config.sample.guidance)
         key = jax.random.fold_in(jax.random.key(config.seed), GRID_KEY_OFFSET + step)
