@@ -23,7 +23,6 @@ the direction is the caption's.
 """
 import dataclasses
 import functools
-import multiprocessing
 import os
 import re
 
@@ -32,6 +31,7 @@ import tensorflow_datasets as tfds
 
 from mdm_jax.data import records, shapes_render
 from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.worker_builder import WorkerBuilder
 
 TOKENIZER_FILE = "tokenizer.model"
 TOKENIZER_VOCAB = 512  # the captions use some 40 words; the limit is soft (tokenizer.train)
@@ -152,15 +152,11 @@ def validation_size(num_examples):
 IN_PROCESS_BELOW = 512  # clips
 
 
-class MdmMovingShapes(tfds.core.GeneratorBasedBuilder):
+class MdmMovingShapes(WorkerBuilder):
     """Clips of one shape moving in one direction, with captions and (shape, colour) labels."""
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = []  # every config is made from its parameters (builder_config)
-
-    def __init__(self, *, num_processes=None, **kwargs):
-        self._num_processes = num_processes or os.cpu_count() or 1
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -178,14 +174,8 @@ class MdmMovingShapes(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         make = functools.partial(_make_record, seed=cfg.seed, size=cfg.image_size,
                                  num_frames=cfg.num_frames)
-        # Each spawned worker takes seconds to start (it imports tfds and the renderer):
-        # a small split is quicker made in this process.
-        if self._num_processes == 1 or len(indices) < IN_PROCESS_BELOW:
-            yield from map(make, indices)
-            return
-        # Spawned (not forked) workers: the caller may have started JAX threads.
-        with multiprocessing.get_context("spawn").Pool(self._num_processes) as pool:
-            yield from pool.imap(make, indices, chunksize=4)
+        yield from self._map(make, indices, chunksize=4,
+                             in_process=len(indices) < IN_PROCESS_BELOW)
 
 
 def _make_record(index, *, seed, size, num_frames):

@@ -12,13 +12,13 @@ judge (mdm_jax.evaluation.judge) reads one-shape scenes of every size and varian
 """
 import dataclasses
 import functools
-import multiprocessing
 import os
 
 import tensorflow_datasets as tfds
 
 from mdm_jax.data import records, shapes_render
 from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.worker_builder import WorkerBuilder
 
 TOKENIZER_FILE = "tokenizer.model"
 # The captions use some 60 words; the limit is soft (see tokenizer.train).
@@ -88,15 +88,11 @@ def validation_size(num_examples):
     return max(1, num_examples // 50)
 
 
-class MdmShapes(tfds.core.GeneratorBasedBuilder):
+class MdmShapes(WorkerBuilder):
     """Shapes scenes with captions and (shape, colour) labels of their main object."""
 
     VERSION = tfds.core.Version("1.0.0")
     BUILDER_CONFIGS = []  # every config is made from its parameters (builder_config)
-
-    def __init__(self, *, num_processes=None, **kwargs):
-        self._num_processes = num_processes or os.cpu_count() or 1
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -113,12 +109,7 @@ class MdmShapes(tfds.core.GeneratorBasedBuilder):
         cfg = self.builder_config
         make = functools.partial(_make_record, seed=cfg.seed, size=cfg.image_size,
                                  variant=cfg.variant)
-        if self._num_processes == 1:
-            yield from map(make, indices)
-            return
-        # Spawned (not forked) workers: the caller may have started JAX threads.
-        with multiprocessing.get_context("spawn").Pool(self._num_processes) as pool:
-            yield from pool.imap(make, indices, chunksize=16)
+        yield from self._map(make, indices, chunksize=16)
 
 
 def _make_record(index, *, seed, size, variant):

@@ -27,8 +27,6 @@ import csv
 import dataclasses
 import functools
 import io
-import itertools
-import multiprocessing
 import os
 import re
 
@@ -37,12 +35,10 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from mdm_jax.data import counters, images, records
+from mdm_jax.data.worker_builder import WorkerBuilder
 
 VIDEO_ID, CAPTION, PAGE_DIR, PATH = "videoid", "name", "page_dir", "path"
 JPEG_QUALITY = 95
-# CSV rows handed to the worker pool at a time, per process: enough that the workers are
-# seldom idle at a batch's end, few enough to hold in memory.
-ROWS_PER_PROCESS = 64
 # Characters a tfds config name may hold; the CSV's name is reduced to them.
 _NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
 
@@ -190,7 +186,7 @@ def clip_record(row, *, manual_dir, image_size, num_frames, frame_stride, thread
                                       caption=caption), None
 
 
-class MdmVideo(tfds.core.GeneratorBasedBuilder):
+class MdmVideo(WorkerBuilder):
     """Captioned clips decoded from local video files listed in a CSV."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -198,10 +194,6 @@ class MdmVideo(tfds.core.GeneratorBasedBuilder):
     MANUAL_DOWNLOAD_INSTRUCTIONS = (
         "Put the videos and a CSV of them (videoid, name, page_dir as WebVid's; or name and "
         "path) in the manual directory (data.manual_dir); data.video.csv names the CSV.")
-
-    def __init__(self, *, num_processes=None, **kwargs):
-        self._num_processes = num_processes or os.cpu_count() or 1
-        super().__init__(**kwargs)
 
     def _info(self):
         return tfds.core.DatasetInfo(
@@ -232,21 +224,11 @@ class MdmVideo(tfds.core.GeneratorBasedBuilder):
                                  num_frames=cfg.num_frames, frame_stride=cfg.frame_stride,
                                  threads=threads)
         # Keys are row numbers: unique even when the CSV lists a video twice.
-        for number, (path, record, skip) in enumerate(self._map(make, rows)):
+        for number, (path, record, skip) in enumerate(self._map(make, rows, chunksize=4)):
             if skip is None:
                 yield str(number), record
             else:
                 skips.skip_file(path, skip.counter, skip.reason)
-
-    def _map(self, make, rows):
-        if self._num_processes == 1:
-            yield from map(make, rows)
-            return
-        # Spawned (not forked) workers: the caller may have started JAX threads. Rows go
-        # to the pool a batch at a time, as Pool.imap would queue the whole CSV at once.
-        with multiprocessing.get_context("spawn").Pool(self._num_processes) as pool:
-            for batch in itertools.batched(rows, ROWS_PER_PROCESS * self._num_processes):
-                yield from pool.imap(make, batch, chunksize=4)
 
 
 def make_builder(data_dir, name="default", csv="results.csv", image_size=256, num_frames=16,
