@@ -25,7 +25,7 @@ from mdm_jax.conditioning.text import TextConditioning
 from mdm_jax.models import build_model
 from mdm_jax.models import text as text_lib
 from mdm_jax.parallel import sharding
-from mdm_jax.runs.stages import plan_stages, sharded_fresh_params
+from mdm_jax.runs.stages import plan_stages, sharded_fresh_params, top_level_shape
 from mdm_jax.sampling import sampler as samples
 
 config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
@@ -50,7 +50,7 @@ def main(argv):
     _, params = sharded_fresh_params(stage, text, 0, mesh, rules)
     model = build_model(stage.model_config)
     size, batch_size = stage.image_size, FLAGS.batch_size
-    shape = (batch_size, size, size, stage.model_config.input_channels)
+    shape = top_level_shape(stage, batch_size)
     rng = np.random.default_rng(0)
 
     def put(x):

@@ -31,7 +31,7 @@ from mdm_jax.models import text as text_lib
 from mdm_jax.models.flops import parameter_count, training_flops_per_example
 from mdm_jax.parallel import sharding
 from mdm_jax.runs import state as state_lib
-from mdm_jax.runs.stages import plan_stages, sharded_fresh_params
+from mdm_jax.runs.stages import plan_stages, sharded_fresh_params, top_level_shape
 from mdm_jax.training import metrics
 from mdm_jax.training.loop import use_compile_cache
 from mdm_jax.training.step import make_train_step
@@ -70,7 +70,7 @@ def main(argv):
     state_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     size, length = stage.image_size, config.text.max_length
-    host = {"images": rng.uniform(-1, 1, (batch_size, size, size, 3)).astype(np.float32),
+    host = {"images": rng.uniform(-1, 1, top_level_shape(stage, batch_size)).astype(np.float32),
             "scale": np.full((batch_size,), float(size), np.float32)}
     if config.text.kind != "none":
         host["token_mask"] = np.ones((batch_size, length), np.int32)

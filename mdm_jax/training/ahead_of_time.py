@@ -17,7 +17,7 @@ from mdm_jax.conditioning.text import TextConditioning, no_text, precomputed_tex
 from mdm_jax.models import build_model
 from mdm_jax.parallel import sharding
 from mdm_jax.runs import state as state_lib
-from mdm_jax.runs.stages import find_stage, fresh_params, plan_stages
+from mdm_jax.runs.stages import find_stage, fresh_params, plan_stages, top_level_shape
 from mdm_jax.training.step import make_train_step
 
 # High-bandwidth memory per chip, by jax's device_kind.
@@ -80,8 +80,8 @@ def compile_train_step(config, devices, stage_name=None, batch_size=None):
     def batch_input(shape, dtype):
         return jax.ShapeDtypeStruct(shape, dtype,
                                     sharding=sharding.batch_sharding(mesh, len(shape)))
-    size, length = stage.image_size, config.text.max_length
-    batch = {"images": batch_input((batch_size, size, size, 3), jnp.float32),
+    length = config.text.max_length
+    batch = {"images": batch_input(top_level_shape(stage, batch_size), jnp.float32),
              "scale": batch_input((batch_size,), jnp.float32)}
     text_fn = no_text
     if config.text.kind != "none":
