@@ -98,3 +98,16 @@ def test_grow_starts_a_video_stage_from_an_image_run(video_run, tmp_path):
     with pytest.raises(ValueError, match="video stage's checkpoint"):
         growth.write_grown_checkpoint(config, "video32", None, str(tmp_path / "again"),
                                       from_image_run=str(workdir))
+
+
+def test_grid_of_clips_is_each_samples_strips_one_under_the_other():
+    from mdm_jax.sampling import images
+    rng = np.random.default_rng(0)
+    levels = [rng.uniform(-1, 1, (2, 4, 8, 8, 3)), rng.uniform(-1, 1, (2, 4, 4, 4, 3)),
+              rng.uniform(-1, 1, (2, 1, 4, 4, 3))]
+    grid = images.level_grid(levels)
+    assert grid.shape == (2 * 3 * 8, 4 * 8, 3)
+    # Sample 1, level 1, frame 2: its 4x4 frame scaled up twice, at row block 4, column 2.
+    want = np.repeat(np.repeat(images.to_uint8(levels[1][1, 2]), 2, axis=0), 2, axis=1)
+    np.testing.assert_array_equal(grid[32:40, 16:24], want)
+    assert grid[40:48, 8:].max() == 0  # the one-frame level fills its first column only
