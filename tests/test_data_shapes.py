@@ -10,6 +10,7 @@ from PIL import Image
 
 from mdm_jax.data import records, shapes, shapes_render
 from mdm_jax.data import tokenizer as tokenizer_lib
+from mdm_jax.data.worker_builder import validation_size
 
 PHRASE = re.compile(
     r"a (small|medium|large) (" + "|".join(shapes_render.COLOURS) + r") ("
@@ -96,7 +97,7 @@ def test_validation_split_holds_other_scenes(built):
     builder = shapes.make_builder(str(root), 128, 30, 3)
     train = {builder.as_data_source("train")[i][records.IMAGE] for i in range(30)}
     validation = builder.as_data_source("validation")
-    assert len(validation) == shapes.validation_size(30)
+    assert len(validation) == validation_size(30)
     assert validation[0][records.IMAGE] not in train
 
 

@@ -28,6 +28,7 @@ from mdm_jax.data import (
 from mdm_jax.data import sources as data_sources
 from mdm_jax.data import tokenizer as tokenizer_lib
 from mdm_jax.data.transforms import TextInputs
+from mdm_jax.data.worker_builder import validation_size
 from mdm_jax.testing import source_files
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -349,7 +350,7 @@ def test_moving_shapes_ship_a_tokenizer_and_a_validation_split(moving):
     assert tokenizer_lib.load(tok.path)._sp.unk_id() not in tok.encode(caption)
     validation = config.copy_and_resolve_references()
     validation.split = "validation"
-    assert data_sources.describe(validation).num_examples == moving_shapes.validation_size(8)
+    assert data_sources.describe(validation).num_examples == validation_size(8)
 
 
 def test_moving_shapes_through_the_pipeline(moving):

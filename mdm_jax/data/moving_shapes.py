@@ -31,7 +31,7 @@ import tensorflow_datasets as tfds
 
 from mdm_jax.data import records, shapes_render
 from mdm_jax.data import tokenizer as tokenizer_lib
-from mdm_jax.data.worker_builder import WorkerBuilder
+from mdm_jax.data.worker_builder import GeneratedBuilder
 
 TOKENIZER_FILE = "tokenizer.model"
 TOKENIZER_VOCAB = 512  # the captions use some 40 words; the limit is soft (tokenizer.train)
@@ -145,14 +145,10 @@ def builder_config(image_size=64, num_frames=16, num_examples=10_000, seed=0):
                     f"{image_size}x{image_size}, seed {seed}")
 
 
-def validation_size(num_examples):
-    return max(1, num_examples // 50)
-
-
 IN_PROCESS_BELOW = 512  # clips
 
 
-class MdmMovingShapes(WorkerBuilder):
+class MdmMovingShapes(GeneratedBuilder):
     """Clips of one shape moving in one direction, with captions and (shape, colour) labels."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -163,12 +159,6 @@ class MdmMovingShapes(WorkerBuilder):
             builder=self, description=self.builder_config.description,
             features=records.video_features(self.builder_config.num_frames, caption=True,
                                             class_names=shapes_render.CLASS_NAMES))
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # generated, nothing to download
-        n = self.builder_config.num_examples
-        return {"train": self._generate_examples(range(n)),
-                "validation": self._generate_examples(range(n, n + validation_size(n)))}
 
     def _generate_examples(self, indices):
         cfg = self.builder_config

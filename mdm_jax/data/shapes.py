@@ -18,7 +18,7 @@ import tensorflow_datasets as tfds
 
 from mdm_jax.data import records, shapes_render
 from mdm_jax.data import tokenizer as tokenizer_lib
-from mdm_jax.data.worker_builder import WorkerBuilder
+from mdm_jax.data.worker_builder import GeneratedBuilder
 
 TOKENIZER_FILE = "tokenizer.model"
 # The captions use some 60 words; the limit is soft (see tokenizer.train).
@@ -84,11 +84,7 @@ def builder_config(image_size=256, num_examples=50_000, seed=0, max_objects=3,
                                     f"{min_size} or larger, {backgrounds}")
 
 
-def validation_size(num_examples):
-    return max(1, num_examples // 50)
-
-
-class MdmShapes(WorkerBuilder):
+class MdmShapes(GeneratedBuilder):
     """Shapes scenes with captions and (shape, colour) labels of their main object."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -98,12 +94,6 @@ class MdmShapes(WorkerBuilder):
         return tfds.core.DatasetInfo(
             builder=self, description=self.builder_config.description,
             features=records.features(caption=True, class_names=shapes_render.CLASS_NAMES))
-
-    def _split_generators(self, dl_manager):
-        del dl_manager  # generated, nothing to download
-        n = self.builder_config.num_examples
-        return {"train": self._generate_examples(range(n)),
-                "validation": self._generate_examples(range(n, n + validation_size(n)))}
 
     def _generate_examples(self, indices):
         cfg = self.builder_config

@@ -1,4 +1,5 @@
-"""The base of builders that make their records in worker processes."""
+"""The bases of builders that make their records in worker processes, and of those that
+generate them from their index (the shapes data sets)."""
 import itertools
 import multiprocessing
 import os
@@ -28,3 +29,19 @@ class WorkerBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         with multiprocessing.get_context("spawn").Pool(self._num_processes) as pool:
             for batch in itertools.batched(items, ITEMS_PER_PROCESS * self._num_processes):
                 yield from pool.imap(make, batch, chunksize=chunksize)
+
+
+def validation_size(num_examples):
+    """A generated data set's validation split: the next num_examples // 50 (at least 1)."""
+    return max(1, num_examples // 50)
+
+
+class GeneratedBuilder(WorkerBuilder, skip_registration=True):
+    """Records made from their index by `_generate_examples(indices)`: train holds indices
+    0..num_examples-1 of the builder config, validation the validation_size next ones."""
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # generated, nothing to download
+        n = self.builder_config.num_examples
+        return {"train": self._generate_examples(range(n)),
+                "validation": self._generate_examples(range(n, n + validation_size(n)))}
