@@ -64,6 +64,9 @@ def synthetic_demo():
     (lambda c: setattr(c.stages.res64, "multi_res_weights", (1.0,)),
      r"needs one entry per level"),
     (lambda c: setattr(c.data, "dataset", "laion"), r"data.dataset must be one of"),
+    # The tests run on the CPU, where cuDNN attention can't.
+    (lambda c: setattr(c.model, "attention_impl", "cudnn"),
+     r"needs NVIDIA GPUs .* --config.model.attention_impl=xla"),
 ])
 def test_validation_names_the_fix(change, message):
     cfg = synthetic_demo()
