@@ -7,6 +7,7 @@ pod is booked. Text comes as features of the encoder's width in the batch (as th
 reference trains, on precomputed features); the frozen encoder is not in the program.
 """
 import collections
+import os
 import re
 
 import jax
@@ -28,6 +29,9 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
 
 def topology_devices(name):
     """The devices of a TPU topology such as 'v5e:2x2' or 'v5p:4x4x4'."""
+    # Compiling drives no chip, so several compiles may run side by side; without this
+    # libtpu's lockfile refuses every process but the first.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     try:
         return topologies.get_topology_desc(platform="tpu", topology_name=name).devices
     except Exception as e:  # libtpu missing, or a name it doesn't know
