@@ -3,8 +3,10 @@ whether it fits: python -m mdm_jax.compile_for --config=configs/NAME.py --topolo
 
 Needs libtpu (pip install -e '.[tpu]'); runs on any host, no TPU needed. Prints one JSON
 line: chips, mesh, per-chip memory, FLOPs per chip and collectives of the step (the
-config's last stage, or --stage; its global batch, or --batch_size). Exits 1 with one line
-naming the fixes when the step needs more memory than a chip has (or --hbm_gib).
+config's last stage, or --stage; its global batch, or --batch_size), and whether it fits.
+Exits 1 with one line naming the fixes when the step needs more memory than a chip has
+(or --hbm_gib); when the TPU compiler itself gives up for lack of memory, the line says
+how much its temporaries alone need.
 """
 import json
 import sys
@@ -30,13 +32,16 @@ def main(argv):
                                               FLAGS.batch_size)
     if FLAGS.hbm_gib is not None:
         report["hbm_bytes"] = int(FLAGS.hbm_gib * 2**30)
+        report["fits"] = report["fits"] and report["per_chip_memory_bytes"] <= report["hbm_bytes"]
     print(json.dumps(report), flush=True)
     limit = report["hbm_bytes"]
-    if limit and report["per_chip_memory_bytes"] > limit:
-        sys.exit(f"The step needs {report['per_chip_memory_bytes'] / 2**30:.2f} GiB per chip "
-                 f"on {FLAGS.topology}, more than its {limit / 2**30:.2f} GiB: shard more "
-                 "(--config.mesh.fsdp), lower the global batch, or set "
-                 "--config.stages.<stage>.gradient_accumulation_steps.")
+    if not report["fits"]:
+        at_least = "" if "flops_per_chip" in report else "at least "
+        sys.exit(f"The step needs {at_least}{report['per_chip_memory_bytes'] / 2**30:.2f} GiB "
+                 f"per chip on {FLAGS.topology}, more than its {limit / 2**30:.2f} GiB: "
+                 "rematerialise levels (--config.model.unet.remat=True, ...unet.inner.remat), "
+                 "set --config.stages.<stage>.gradient_accumulation_steps, lower the global "
+                 "batch, or take a larger slice.")
 
 
 if __name__ == "__main__":

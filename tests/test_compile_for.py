@@ -29,3 +29,19 @@ def test_a_step_compiles_for_a_tpu_slice_and_a_chip_too_small_is_named():
     assert result.returncode == 1
     assert "more than its 0.00 GiB" in result.stderr
     assert "gradient_accumulation_steps" in result.stderr
+    assert report["fits"] is False
+
+
+def test_a_step_the_tpu_compiler_cannot_fit_is_named_with_its_temporaries():
+    pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
+    # 65,536 images of 32² a chip: XLA stops compiling once its temporaries exceed 16 GiB.
+    result = subprocess.run(
+        [sys.executable, "-m", "mdm_jax.compile_for", "--config=configs/demo.py:smoke",
+         "--stage=res32", "--topology=v5e:2x2", "--batch_size=262144"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    report = json.loads(next(line for line in result.stdout.splitlines()
+                             if line.startswith("{")))
+    assert report["fits"] is False and report["per_chip_memory_bytes"] > 16 * 2**30
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("The step needs at least") and "remat" in last

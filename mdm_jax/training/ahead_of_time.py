@@ -101,20 +101,42 @@ def compile_train_step(config, devices, stage_name=None, batch_size=None):
         state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps),
         config.ema_decay, text_fn=text_fn,
         gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1))
-    compiled = jax.jit(step, donate_argnums=0,
-                       out_shardings=(state_shardings, sharding.replicated(mesh))).lower(
-        state, batch, jax.random.key(0)).compile()
+    lowered = jax.jit(step, donate_argnums=0,
+                      out_shardings=(state_shardings, sharding.replicated(mesh))).lower(
+        state, batch, jax.random.key(0))
+    report = {"device_kind": devices[0].device_kind, "chips": len(devices),
+              "mesh": dict(mesh.shape), "stage": stage.name, "global_batch": batch_size,
+              "attention_impl": config.model.attention_impl,
+              "hbm_bytes": hbm_bytes(devices[0].device_kind)}
+    try:
+        compiled = lowered.compile()
+    except jax.errors.JaxRuntimeError as error:
+        needed = temporaries_needed(str(error))
+        if needed is None:
+            raise
+        # The TPU compiler gives up once the temporaries alone exceed the chip: their
+        # size is what it reports, a lower bound of the step's memory.
+        return {**report, "fits": False, "per_chip_memory_bytes": needed,
+                "per_chip_temp_bytes": needed}
     memory = compiled.memory_analysis()
     per_chip = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes
                 + memory.generated_code_size_in_bytes)
     cost = compiled.cost_analysis() or {}
-    return {"device_kind": devices[0].device_kind, "chips": len(devices),
-            "mesh": dict(mesh.shape), "stage": stage.name, "global_batch": batch_size,
-            "attention_impl": config.model.attention_impl,
+    return {**report, "fits": report["hbm_bytes"] is None or per_chip <= report["hbm_bytes"],
             "per_chip_memory_bytes": per_chip,
             "per_chip_arguments_bytes": memory.argument_size_in_bytes,
             "per_chip_temp_bytes": memory.temp_size_in_bytes,
-            "hbm_bytes": hbm_bytes(devices[0].device_kind),
             "flops_per_chip": cost.get("flops"),
             "collectives": count_collectives(compiled.as_text())}
+
+
+_UNITS = {"K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+
+
+def temporaries_needed(message):
+    """Bytes of the "HLO temporaries (244.81G) exceeds available HBM" in an XLA TPU
+    out-of-memory error, or None for another error."""
+    found = re.search(r"RESOURCE_EXHAUSTED.*?HLO temporaries \(([\d.]+)([KMGT])\)", message,
+                      re.DOTALL)
+    return None if found is None else int(float(found.group(1)) * _UNITS[found.group(2)])
