@@ -5,6 +5,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup_env.sh test
+# tests/test_serve.py drives Debian's Chromium (a clean Debian machine, as CI's, lacks it).
+if ! command -v chromium >/dev/null 2>&1; then
+  if [[ $(id -u) == 0 ]]; then
+    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+  else
+    echo "No chromium: tests/test_serve.py will fail; sudo apt-get install -y chromium" >&2
+  fi
+fi
 .venv/bin/ruff check .
 # Two workers (CI's machine has two cores), each taking the next test when idle
 # (worksteal: the end-to-end tests take from seconds to minutes); the data set and the

@@ -51,6 +51,28 @@ def test_nothing_imports_a_command():
     assert importing == {}
 
 
+# serving sits beside sampling (docs/architecture.md): what it may import, and who may
+# import it (its command alone).
+SERVING_IMPORTS = ("serving", "sampling", "runs", "conditioning", "parallel", "models",
+                   "diffusion")
+
+
+def test_serving_imports_the_layers_below_and_only_its_command_imports_it():
+    allowed = tuple(f"mdm_jax.{p}" for p in SERVING_IMPORTS)
+    crossing = {
+        str(path.relative_to(ROOT)): sorted(
+            n for n in project_imports(path)
+            if not any(n == a or n.startswith(a + ".") for a in allowed))
+        for path in python_files("mdm_jax/serving")}
+    assert {k: v for k, v in crossing.items() if v} == {}
+    importing = sorted(
+        str(path.relative_to(ROOT))
+        for path in python_files("mdm_jax", "benchmarks", "launch", "configs")
+        if path.parent != PACKAGE / "serving" and path != PACKAGE / "serve.py"
+        and any(n.startswith("mdm_jax.serving") for n in project_imports(path)))
+    assert importing == []
+
+
 def test_the_rule_sees_imports_inside_functions(tmp_path):
     # The check above must catch a lazy import, the kind that hid a cycle before.
     sample = tmp_path / "lazy.py"
