@@ -1,6 +1,6 @@
 """A sampling web page for a trained or converted model: python -m mdm_jax.serve --checkpoint=RUN.
 
-    pip install -e '.[serve]'        # Gradio
+    bash launch/setup_env.sh serve   # Gradio (docs/serving.md: why not plain pip)
     python -m mdm_jax.serve --checkpoint=workdir/demo [--port=7860] [--host=0.0.0.0]
 
 Loads the EMA params of the stage's latest checkpoint (default: the last stage that has
