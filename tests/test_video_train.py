@@ -95,6 +95,11 @@ def test_grow_starts_a_video_stage_from_an_image_run(video_run, tmp_path):
     # The temporal level is fresh: its output conv and adapters start at zero.
     for key in (("conv_out", "kernel"), ("in_adapter", "kernel"), ("out_adapter", "kernel")):
         assert not np.any(flat_new[key])
+    # Prompts for sampling: the encoder is traced once, however many calls.
+    for prompts in (["a red circle moving left", ""], ["a blue square moving up", "x"]):
+        features, _ = text.encode_prompts(new["ema_params"], prompts)
+        assert features.shape[:2] == (2, config.text.max_length)
+    assert text._encode._cache_size() == 1
     with pytest.raises(ValueError, match="video stage's checkpoint"):
         growth.write_grown_checkpoint(config, "video32", None, str(tmp_path / "again"),
                                       from_image_run=str(workdir))

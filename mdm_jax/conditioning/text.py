@@ -95,6 +95,8 @@ class TextConditioning:
     config: Any                               # encoder_config(...) of the run's config
     module: Optional[Any] = None
     frozen_params: Optional[Any] = None       # a frozen encoder's params, sharded
+    # The jitted encoder of encode_prompts, made once: a new jit each call retraced it.
+    _encode: Optional[Any] = dataclasses.field(default=None, repr=False, compare=False)
 
     @classmethod
     def create(cls, config, mesh, rules):
@@ -148,7 +150,8 @@ class TextConditioning:
             params = params["text"] if self.trainable else self.frozen_params
         tokens, mask = tokenizer_lib.tokenize(prompts, text_lib.tokenizer_path(encoder),
                                               encoder.max_length)
-        module = self.module
-        features = jax.jit(lambda p, t, m: text_lib.encode(module, p, t, m))(
-            params, jnp.asarray(tokens), jnp.asarray(mask))
+        if self._encode is None:
+            module = self.module
+            self._encode = jax.jit(lambda p, t, m: text_lib.encode(module, p, t, m))
+        features = self._encode(params, jnp.asarray(tokens), jnp.asarray(mask))
         return features.astype(jnp.float32), jnp.asarray(np.asarray(mask))
