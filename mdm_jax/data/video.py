@@ -117,7 +117,8 @@ def _relative_path(row):
     return ""  # a short row: no file to find
 
 
-def _encode_jpeg(pixels):
+def encode_jpeg(pixels):
+    """A frame as the records store it (JPEG_QUALITY, no chroma subsampling)."""
     buffer = io.BytesIO()
     Image.fromarray(pixels).save(buffer, format="JPEG", quality=JPEG_QUALITY, subsampling=0)
     return buffer.getvalue()
@@ -182,7 +183,7 @@ def clip_record(row, *, manual_dir, image_size, num_frames, frame_stride, thread
                                                  threads)
     except VideoSkip as skip:
         return path, None, skip
-    return path, records.video_record([_encode_jpeg(f) for f in frames], width, height, fps,
+    return path, records.video_record([encode_jpeg(f) for f in frames], width, height, fps,
                                       caption=caption), None
 
 
