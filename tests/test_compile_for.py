@@ -11,15 +11,21 @@ from training_runs import ROOT
 pytestmark = pytest.mark.slow
 
 
-def test_a_step_compiles_for_a_tpu_slice_and_a_chip_too_small_is_named():
+def compile_for(*flags):
+    """(the command's result, its JSON report) for the demo's res32 step on a v5e-2x2."""
     pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
-    # One compile for both: the report, then the refusal for a chip of 1 MiB.
     result = subprocess.run(
         [sys.executable, "-m", "mdm_jax.compile_for", "--config=configs/demo.py:smoke",
-         "--stage=res32", "--topology=v5e:2x2", "--hbm_gib=0.0009765625"],
+         "--stage=res32", "--topology=v5e:2x2", *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     report = json.loads(next(line for line in result.stdout.splitlines()
                              if line.startswith("{")))
+    return result, report
+
+
+def test_a_step_compiles_for_a_tpu_slice_and_a_chip_too_small_is_named():
+    # One compile for both: the report, then the refusal for a chip of 1 MiB.
+    result, report = compile_for("--hbm_gib=0.0009765625")
     assert report["device_kind"] == "TPU v5 lite" and report["chips"] == 4
     assert report["mesh"] == {"data": 4, "fsdp": 1} and report["stage"] == "res32"
     # Data parallel: the gradients are summed across the chips.
@@ -33,14 +39,8 @@ def test_a_step_compiles_for_a_tpu_slice_and_a_chip_too_small_is_named():
 
 
 def test_a_step_the_tpu_compiler_cannot_fit_is_named_with_its_temporaries():
-    pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
     # 65,536 images of 32² a chip: XLA stops compiling once its temporaries exceed 16 GiB.
-    result = subprocess.run(
-        [sys.executable, "-m", "mdm_jax.compile_for", "--config=configs/demo.py:smoke",
-         "--stage=res32", "--topology=v5e:2x2", "--batch_size=262144"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    report = json.loads(next(line for line in result.stdout.splitlines()
-                             if line.startswith("{")))
+    result, report = compile_for("--batch_size=262144")
     assert report["fits"] is False and report["per_chip_memory_bytes"] > 16 * 2**30
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
