@@ -30,7 +30,6 @@ import io
 import os
 import re
 
-import av
 import tensorflow_datasets as tfds
 from PIL import Image
 
@@ -146,6 +145,10 @@ def decode_clip(path, image_size, num_frames, frame_stride, threads=0):
     """(frames: uint8 [image_size, image_size, 3] each, width, height, fps) of the video at
     path; raises VideoSkip saying why it can't give them. threads: FFmpeg's decoding
     threads (0: as many as cores)."""
+    # PyAV (FFmpeg, ~130 MB of libraries) is imported where videos are read, so image
+    # runs and machines without it never load it.
+    import av
+
     if not os.path.isfile(path):
         raise VideoSkip("skipped_missing_video", "missing")
     try:

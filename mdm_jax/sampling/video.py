@@ -6,7 +6,6 @@ import io
 import os
 import tempfile
 
-import av
 import jax
 import numpy as np
 from etils import epath
@@ -19,6 +18,9 @@ FPS = 8
 
 def encode_mp4(frames_uint8, fps=FPS):
     """H.264 MP4 bytes of [T, H, W, 3] uint8 frames (yuv420p: even sides are padded)."""
+    # Imported here, as in data/video.py: only writing MP4s needs PyAV.
+    import av
+
     t, h, w, _ = frames_uint8.shape
     padded = np.pad(frames_uint8, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     # PyAV's muxer writes to a file name; a temporary file keeps the result byte-exact.
