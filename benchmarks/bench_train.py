@@ -29,10 +29,11 @@ from mdm_jax.conditioning.text import TextConditioning, precomputed_text
 from mdm_jax.models import build_model
 from mdm_jax.models import text as text_lib
 from mdm_jax.models.flops import parameter_count, training_flops_per_example
-from mdm_jax.parallel import sharding
+from mdm_jax.parallel import distributed, sharding
 from mdm_jax.runs import state as state_lib
-from mdm_jax.runs.stages import plan_stages, sharded_fresh_params, top_level_shape
+from mdm_jax.runs.stages import fresh_params, plan_stages, sharded_fresh_params, top_level_shape
 from mdm_jax.training import metrics
+from mdm_jax.training.ahead import CompileAhead
 from mdm_jax.training.loop import use_compile_cache
 from mdm_jax.training.step import make_train_step
 
@@ -45,29 +46,27 @@ flags.DEFINE_integer("gradient_accumulation", 1, "Micro-batches per step.")
 flags.DEFINE_string("profile_dir", "", "Write a profiler trace of 3 steps and the "
                     "compiled step's text there (benchmarks/trace_summary.py reads them).")
 flags.DEFINE_string("compile_cache_dir", "", "Persistent compilation cache ('': none).")
+flags.DEFINE_bool("compile_ahead", True, "Compile the step while the state is made, as the "
+                  "trainer does (--nocompile_ahead: one after the other).")
 FLAGS = flags.FLAGS
 
 
 def main(argv):
     del argv
     imports_s = seconds_since_process_start()
+    distributed.initialize_from_flags()
     config = FLAGS.config
     stage = plan_stages(config)[-1]
     batch_size = FLAGS.batch_size or stage.config.global_batch_size
     use_compile_cache(FLAGS.compile_cache_dir)
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     features = FLAGS.text == "features" and config.text.kind != "none"
     # Features in the batch: no encoder to build (its width is the model's).
     text = TextConditioning(config.text) if features else TextConditioning.create(
         config, mesh, rules)
     optimizer = state_lib.make_optimizer(config.optimizer, 1e-5, 10)
-    start = time.perf_counter()
-    abstract, params = sharded_fresh_params(stage, text, 0, mesh, rules)
-    state, shardings = state_lib.create_state(abstract, params, params, optimizer, mesh, rules)
-    state = jax.block_until_ready(state)
-    state_s = time.perf_counter() - start
     rng = np.random.default_rng(0)
     size, length = stage.image_size, config.text.max_length
     host = {"images": rng.uniform(-1, 1, top_level_shape(stage, batch_size)).astype(np.float32),
@@ -82,25 +81,44 @@ def main(argv):
             host["tokens"] = rng.integers(1, 1000, (batch_size, length)).astype(np.int32)
     if stage.model_config.num_classes:
         host["labels"] = rng.integers(0, stage.model_config.num_classes, batch_size)
-    batch = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in host.items()}
+    # Every process makes the same global batch and keeps its own devices' rows.
+    batch = {k: jax.make_array_from_callback(v.shape, sharding.batch_sharding(mesh, v.ndim),
+                                             lambda index, v=v: v[index])
+             for k, v in host.items()}
+    # The state as the trainer makes a fresh one: its shapes and shardings first.
+    target = sharding.abstract_with_shardings(
+        lambda: state_lib.state_from_params(fresh_params(stage, text, 0), optimizer), mesh, rules)
+    shardings = jax.tree_util.tree_map(lambda x: x.sharding, target)
     text_fn = precomputed_text if features else text.text_fn()
     step = jax.jit(make_train_step(build_model(stage.model_config), stage.diffusion,
                                    stage.scales, optimizer, lambda s: 1e-5, config.ema_decay,
                                    text_fn=text_fn,
                                    gradient_accumulation_steps=FLAGS.gradient_accumulation),
                    donate_argnums=0, out_shardings=(shardings, sharding.replicated(mesh)))
-    start = time.perf_counter()
-    lowered = step.lower(state, batch, jax.random.key(0), text.frozen_params)
-    lower_s = time.perf_counter() - start
-    step = lowered.compile()
-    compile_s = time.perf_counter() - start - lower_s
+    args = (batch, jax.random.key(0), text.frozen_params)
+    if FLAGS.compile_ahead:  # as the trainer: the step compiles while the state is made
+        ahead = CompileAhead(step, target, *args)
+        lower_s = ahead.lower_s
+    state_start = time.perf_counter()
+    abstract, params = sharded_fresh_params(stage, text, 0, mesh, rules)
+    state, _ = state_lib.create_state(abstract, params, params, optimizer, mesh, rules)
+    state = jax.block_until_ready(state)
+    state_s = time.perf_counter() - state_start
+    if FLAGS.compile_ahead:
+        compile_s = ahead.wait()
+    else:
+        start = time.perf_counter()
+        lowered = step.lower(state, *args)
+        lower_s = time.perf_counter() - start
+        step = lowered.compile()
+        compile_s = time.perf_counter() - start - lower_s
     holder = {"state": state}
 
     def one_step():
         holder["state"], m = step(holder["state"], batch, jax.random.key(0), text.frozen_params)
         return m["loss"]
 
-    jax.block_until_ready(one_step())
+    first_loss = float(jax.device_get(one_step()))
     first_step_s = seconds_since_process_start()
     seconds = timed(one_step, FLAGS.steps, warmup=1)
     # Under a mixed ratio, each level's FLOPs on the rows it runs on only.
@@ -116,9 +134,10 @@ def main(argv):
         "model_dtype": config.model.dtype,
         "text": f"{config.text.kind} {'features' if features else 'encoder'}",
         "imports_s": imports_s, "state_s": state_s, "trace_and_lower_s": lower_s,
-        "compile_s": compile_s,
+        "compile_s": compile_s, "compile_ahead": FLAGS.compile_ahead,
         "process_to_first_step_s": first_step_s,
         "unet_params_m": parameter_count(holder["state"].params["unet"]) / 1e6,
+        "processes": jax.process_count(), "first_loss": first_loss,
         "step_s": seconds, "images_per_s_per_chip": per_chip,
         "model_tflops_per_s_per_chip": per_chip * flops / 1e12,
         "mfu": per_chip * flops / peak if peak else None,
@@ -130,7 +149,8 @@ def main(argv):
                           warmup=2)
         result.update(text_params_m=parameter_count(text.frozen_params) / 1e6,
                       text_encoder_s=encoder_s, text_encoder_share=encoder_s / seconds)
-    print(json.dumps(result), flush=True)
+    if jax.process_index() == 0:
+        print(json.dumps(result), flush=True)
     if FLAGS.profile_dir:
         os.makedirs(FLAGS.profile_dir, exist_ok=True)
         with open(os.path.join(FLAGS.profile_dir, "train_step.hlo.txt"), "w") as f:

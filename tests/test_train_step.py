@@ -1,5 +1,5 @@
-"""The sharded train step: equal to one device (also accumulated), compiled once, guarded
-against NaN; growth."""
+"""The sharded train step: equal to one device (also accumulated), compiled once, compiled
+ahead of its state, guarded against NaN; growth."""
 import flax
 import jax
 import jax.numpy as jnp
@@ -14,6 +14,7 @@ from mdm_jax.runs import growth
 from mdm_jax.runs import state as state_lib
 from mdm_jax.runs.defaults import base_config
 from mdm_jax.runs.stages import stage_model_config
+from mdm_jax.training.ahead import CompileAhead
 from mdm_jax.training.step import make_train_step
 
 IMAGE = 16
@@ -116,6 +117,44 @@ def test_sharded_accumulated_step_equals_one_device_compiles_once_and_skips_nans
                     jax.tree_util.tree_leaves(jax.device_get(state.params))):
         np.testing.assert_array_equal(a, b)
     assert step._cache_size() == 1
+
+
+@pytest.mark.slow
+def test_step_compiled_ahead_of_its_state_is_not_compiled_again():
+    """As the trainer does: the step compiles for the abstract state (shapes, FSDP
+    shardings) while the state is made, and its first call on that state compiles
+    nothing more."""
+    mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
+    model_cfg, rules = tiny_model(), sharding.DEFAULT_RULES
+    optimizer = state_lib.make_optimizer(base_config().optimizer, 1e-3, 2)
+
+    def boxed_params():
+        return {"unet": init_params(model_cfg, jax.random.key(0), IMAGE, boxed=True)}
+    target = sharding.abstract_with_shardings(
+        lambda: state_lib.state_from_params(boxed_params(), optimizer), mesh, rules)
+    step = jax.jit(make_train_step(
+        build_model(model_cfg), diffusion.DiffusionConfig(multi_res_weights=(4.0, 1.0)),
+        config_lib.nest_scales(model_cfg), optimizer, state_lib.learning_rate_schedule(1e-3, 2),
+        ema_decay=0.99), donate_argnums=0, out_shardings=(
+            jax.tree_util.tree_map(lambda x: x.sharding, target), sharding.replicated(mesh)))
+    batch = put_batch(make_batch(), mesh)
+    ahead = CompileAhead(step, target, batch, jax.random.key(0))
+    abstract = jax.eval_shape(boxed_params)
+    params = sharding.create_leafwise(abstract, mesh, rules, seed=0)
+    state, _ = state_lib.create_state(abstract, params, params, optimizer, mesh, rules)
+    assert ahead.wait() > 0
+    compiles = []
+
+    def count(event, duration, **kwargs):
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(duration)
+    jax.monitoring.register_event_duration_secs_listener(count)
+    try:
+        state, metrics = step(state, batch, jax.random.key(3))
+        jax.block_until_ready(metrics)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(count)
+    assert compiles == [] and np.isfinite(metrics["loss"]) and int(state.step) == 1
 
 
 def test_micro_batches_share_every_levels_rows():

@@ -35,6 +35,7 @@ from mdm_jax.runs.stages import (
 )
 from mdm_jax.sampling import images, sampler
 from mdm_jax.training import metrics as metrics_lib
+from mdm_jax.training.ahead import CompileAhead
 from mdm_jax.training.evaluation import TrainingEvaluation
 from mdm_jax.training.preemption import PreemptionGuard
 from mdm_jax.training.profiling import StepTrace
@@ -72,8 +73,11 @@ def check_data_position_fits(config, saved, checkpoints, step):
 
 
 def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, mesh, rules,
-                  data_iterator):
-    """Resume, grow or start fresh; returns (state, state shardings)."""
+                  data_iterator, before_making=None):
+    """Resume, grow or start fresh; returns (state, state shardings).
+
+    before_making(abstract state), if given, is called before a grown or fresh state is
+    made (not on resume): the trainer starts compiling its step there."""
     def make_boxed():
         return state_lib.state_from_params(fresh_params(stage, text, config.seed), optimizer)
     abstract = sharding.abstract_with_shardings(make_boxed, mesh, rules)
@@ -84,6 +88,8 @@ def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, 
     if step is not None:
         logging.info("Stage %s: resumed from step %d.", stage.name, step)
         return state, jax.tree_util.tree_map(lambda x: x.sharding, abstract)
+    if before_making is not None:
+        before_making(abstract)
     if stage.index > 0:
         previous = run_dir.stage_checkpoints(stages[stage.index - 1].name)
         return growth.grown_state(config, stages, stage, text, optimizer, mesh, rules,
@@ -164,13 +170,14 @@ class StageRun:
             text=data_text_inputs(config), seed=config.data.seed + stage.index)
         self.checkpoints = checkpoints_lib.StageCheckpoints(
             run_dir.stage_checkpoints(stage.name), keep=config.keep_checkpoints)
+        self.jitted, self.ahead, self.first_batch = None, None, None
         self.state, self.state_shardings = initial_state(
             config, run_dir, stages, stage, text, self.optimizer, self.checkpoints, mesh,
-            rules, self.data_iterator)
+            rules, self.data_iterator, before_making=self.compile_ahead)
         self.saved_config = stage_checkpoint_config(config, stage)
         self.grid_sampler = None
 
-    def jitted_step(self):
+    def jitted_step(self, state_shardings):
         st, stage = self.stage.config, self.stage
         step_fn = make_train_step(
             self.model, stage.diffusion, stage.scales, self.optimizer,
@@ -178,7 +185,23 @@ class StageRun:
             self.config.ema_decay, text_fn=self.text.text_fn(),
             gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1))
         return jax.jit(step_fn, donate_argnums=0,
-                       out_shardings=(self.state_shardings, sharding.replicated(self.mesh)))
+                       out_shardings=(state_shardings, sharding.replicated(self.mesh)))
+
+    def next_batch(self):
+        """(the next host batch, with its data counters; it as global arrays on the mesh)."""
+        host_batch = next(self.data_iterator)
+        return host_batch, data_pipeline.to_global_arrays(
+            data_pipeline.model_inputs(host_batch), self.mesh,
+            sharding.batch_sharding(self.mesh, 1).spec)
+
+    def compile_ahead(self, abstract_state):
+        """Compiles the step for the first batch in the background while the (fresh or
+        grown) state is made (training/ahead.py)."""
+        self.first_batch = self.next_batch()
+        self.jitted = self.jitted_step(jax.tree_util.tree_map(lambda x: x.sharding,
+                                                              abstract_state))
+        self.ahead = CompileAhead(self.jitted, abstract_state, self.first_batch[1],
+                                  jax.random.key(0), self.text.frozen_params)
 
     def train(self, guard, evaluation=None):
         config, stage, st = self.config, self.stage, self.stage.config
@@ -187,8 +210,9 @@ class StageRun:
             self.checkpoints.close()
             return TrainResult(metrics={}, preempted=False)
         self.log.begin_stage(stage, start)
-        jitted = self.jitted_step()
-        batch_spec = sharding.batch_sharding(self.mesh, 1).spec
+        jitted = self.jitted or self.jitted_step(self.state_shardings)
+        if self.ahead is not None:
+            self.ahead.wait()  # a call while it compiles would compile a second time
         throughput = metrics_lib.Throughput(
             training_flops_per_example(
                 stage.model_config, stage.image_size, config.text.max_length,
@@ -201,10 +225,8 @@ class StageRun:
         metrics, stop, done = None, False, start
         for step in range(start, st.steps):
             trace.before(step)
-            host_batch = next(self.data_iterator)
+            (host_batch, batch), self.first_batch = self.first_batch or self.next_batch(), None
             self.log.counters.add(host_batch)
-            batch = data_pipeline.to_global_arrays(data_pipeline.model_inputs(host_batch),
-                                                   self.mesh, batch_spec)
             rng = jax.random.fold_in(base_key, stage.step_offset + step)
             self.state, metrics = jitted(self.state, batch, rng, self.text.frozen_params)
             if step == start:
