@@ -86,19 +86,34 @@ def test_sigterm_saves_the_current_step_and_exits_as_preempted(tmp_path, data_di
     assert not os.path.exists(os.path.join(workdir, "checkpoints", "res64"))
 
 
-def test_two_processes_train_like_one(tmp_path, data_dir, uninterrupted):
-    """Two jax.distributed processes with 1 CPU device each: the losses of the shared run
+def test_two_processes_train_like_one_and_resume_when_one_is_killed(tmp_path, data_dir,
+                                                                    uninterrupted):
+    """Two jax.distributed processes with 1 CPU device each: process 1 is killed (SIGKILL)
+    after step 3 of res32, the job is stopped and started again, as a scheduler restarts
+    it, and resumes on both from the last checkpoint. The losses are the shared run's
     (one process, 2 devices), step for step, through both stages and the growth between."""
-    # Saves at the stage ends only (growth reads res32's last): the losses are the point.
     two = str(tmp_path / "two")
-    port = free_port()
-    processes = [
-        start(train_command(two, data_dir, NO_GRIDS, "--config.checkpoint_every=10",
-                            f"--coordinator_address=localhost:{port}", "--num_processes=2",
-                            f"--process_id={i}"),
-              env=env_with_devices(1))
-        for i in range(2)]
-    for p in processes:
+
+    def launch():
+        port = free_port()
+        return [start(train_command(two, data_dir, NO_GRIDS, "--config.checkpoint_every=2",
+                                    f"--coordinator_address=localhost:{port}",
+                                    "--num_processes=2", f"--process_id={i}"),
+                      env=env_with_devices(1))
+                for i in range(2)]
+    processes = launch()
+    wait_for_step(two, 3, processes[0])
+    processes[1].send_signal(signal.SIGKILL)
+    processes[1].wait()
+    try:  # process 0 can't go on alone: it fails or waits on its partner
+        processes[0].wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        processes[0].send_signal(signal.SIGKILL)
+        processes[0].wait()
+    saved = sorted(int(c) for c in os.listdir(os.path.join(two, "checkpoints", "res32"))
+                   if c.isdigit())
+    assert saved  # the restart resumes from the last of these
+    for p in launch():
         assert p.wait(timeout=900) == 0
     one_losses, two_losses = losses(uninterrupted), losses(two)
     assert sorted(two_losses) == sorted(one_losses) == list(range(1, 10))
