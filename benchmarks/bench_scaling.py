@@ -54,8 +54,8 @@ def _env(first_device, count):
 
 def run_one(devices, fsdp, launch, bench_args):
     """bench_train's JSON line for one setting (None if it printed none)."""
-    mesh = ([f"--config.mesh.data={1 if fsdp else devices}",
-             f"--config.mesh.fsdp={devices if fsdp else 1}"])
+    mesh = [f"--config.mesh.data={1 if fsdp else devices}",
+            f"--config.mesh.fsdp={devices if fsdp else 1}"]
     command = [sys.executable, "-m", "benchmarks.bench_train", f"--config={FLAGS.config}",
                f"--batch_size={FLAGS.per_device_batch * devices}", *mesh, *bench_args]
     if launch == "single" or devices == 1:

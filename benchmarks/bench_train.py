@@ -31,7 +31,7 @@ from mdm_jax.models import text as text_lib
 from mdm_jax.models.flops import parameter_count, training_flops_per_example
 from mdm_jax.parallel import distributed, sharding
 from mdm_jax.runs import state as state_lib
-from mdm_jax.runs.stages import fresh_params, plan_stages, sharded_fresh_params, top_level_shape
+from mdm_jax.runs.stages import fresh_params, plan_stages, top_level_shape
 from mdm_jax.training import metrics
 from mdm_jax.training.ahead import CompileAhead
 from mdm_jax.training.loop import use_compile_cache
@@ -86,8 +86,9 @@ def main(argv):
                                              lambda index, v=v: v[index])
              for k, v in host.items()}
     # The state as the trainer makes a fresh one: its shapes and shardings first.
+    abstract = jax.eval_shape(lambda: fresh_params(stage, text, 0))
     target = sharding.abstract_with_shardings(
-        lambda: state_lib.state_from_params(fresh_params(stage, text, 0), optimizer), mesh, rules)
+        lambda p: state_lib.state_from_params(p, optimizer), mesh, rules, abstract)
     shardings = jax.tree_util.tree_map(lambda x: x.sharding, target)
     text_fn = precomputed_text if features else text.text_fn()
     step = jax.jit(make_train_step(build_model(stage.model_config), stage.diffusion,
@@ -100,7 +101,7 @@ def main(argv):
         ahead = CompileAhead(step, target, *args)
         lower_s = ahead.lower_s
     state_start = time.perf_counter()
-    abstract, params = sharded_fresh_params(stage, text, 0, mesh, rules)
+    params = sharding.create_leafwise(abstract, mesh, rules, 0)
     state, _ = state_lib.create_state(abstract, params, params, optimizer, mesh, rules)
     state = jax.block_until_ready(state)
     state_s = time.perf_counter() - state_start
@@ -115,7 +116,7 @@ def main(argv):
     holder = {"state": state}
 
     def one_step():
-        holder["state"], m = step(holder["state"], batch, jax.random.key(0), text.frozen_params)
+        holder["state"], m = step(holder["state"], *args)
         return m["loss"]
 
     first_loss = float(jax.device_get(one_step()))

@@ -156,9 +156,10 @@ def create_leafwise(abstract_boxed, mesh, rules, seed):
     return jax.tree_util.tree_unflatten(treedef, values)
 
 
-def abstract_with_shardings(make_boxed, mesh, rules):
-    """ShapeDtypeStructs carrying shardings: a restore target that writes onto `mesh`."""
-    abstract = jax.eval_shape(make_boxed)
+def abstract_with_shardings(make_boxed, mesh, rules, *args):
+    """ShapeDtypeStructs carrying shardings of `make_boxed(*args)` (args may be abstract):
+    a restore target that writes onto `mesh`."""
+    abstract = jax.eval_shape(make_boxed, *args)
     shardings = tree_shardings(abstract, mesh, rules)
     unboxed = jax.tree_util.tree_map(lambda x: x.value if _is_box(x) else x, abstract,
                                      is_leaf=_is_box)

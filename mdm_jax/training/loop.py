@@ -28,7 +28,6 @@ from mdm_jax.runs.lock import WorkdirLock
 from mdm_jax.runs.stages import (
     fresh_params,
     plan_stages,
-    sharded_fresh_params,
     stage_checkpoint_config,
     stage_data_config,
     top_level_shape,
@@ -78,9 +77,10 @@ def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, 
 
     before_making(abstract state), if given, is called before a grown or fresh state is
     made (not on resume): the trainer starts compiling its step there."""
-    def make_boxed():
-        return state_lib.state_from_params(fresh_params(stage, text, config.seed), optimizer)
-    abstract = sharding.abstract_with_shardings(make_boxed, mesh, rules)
+    # The fresh params' shapes once: the state's target, and what fresh values fill.
+    abstract_params = jax.eval_shape(lambda: fresh_params(stage, text, config.seed))
+    abstract = sharding.abstract_with_shardings(
+        lambda p: state_lib.state_from_params(p, optimizer), mesh, rules, abstract_params)
     step, state = checkpoints.restore_newest_intact(
         lambda: abstract, data_iterator,
         check_saved=lambda saved, step: check_data_position_fits(config, saved, checkpoints,
@@ -94,7 +94,7 @@ def initial_state(config, run_dir, stages, stage, text, optimizer, checkpoints, 
         previous = run_dir.stage_checkpoints(stages[stage.index - 1].name)
         return growth.grown_state(config, stages, stage, text, optimizer, mesh, rules,
                                   previous)
-    abstract_params, params = sharded_fresh_params(stage, text, config.seed, mesh, rules)
+    params = sharding.create_leafwise(abstract_params, mesh, rules, config.seed)
     return state_lib.create_state(abstract_params, params, params, optimizer, mesh, rules)
 
 
