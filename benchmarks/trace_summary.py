@@ -28,14 +28,43 @@ PARTS = (("optimizer and EMA", r"^jit\(train_step\)/(?!.*jvp\()"),
          ("loss and noise", r"multires|loss|random|threefry"))
 
 
-def op_names(hlo_text):
-    """HLO instruction name -> the op_name of its metadata (fusions: their root's)."""
-    names = {}
+_COMPUTATION = re.compile(r"^(?:ENTRY )?%?([\w.\-]+) .*\{\s*$")
+_INSTRUCTION = re.compile(r"^\s*(ROOT )?%?([\w.\-]+) = (\S+(?: \S+)*?) ([\w\-]+)\(")
+
+
+def instructions(hlo_text):
+    """HLO instruction name -> what it is: op_name (a fusion without one of its own takes
+    the first op_name inside the computation it calls: XLA's layout copies have none at
+    their root), and a short description (opcode, result shape, the called root's opcode).
+    """
+    found, roots, inner_names, current = {}, {}, {}, None
     for line in hlo_text.splitlines():
-        match = re.match(r"\s*(?:ROOT )?%?([\w.\-]+) = .*?op_name=\"([^\"]*)\"", line)
-        if match:
-            names.setdefault(match.group(1), match.group(2))
-    return names
+        header = _COMPUTATION.match(line)
+        if header and " = " not in line:
+            current = header.group(1)
+            continue
+        match = _INSTRUCTION.match(line)
+        if not match:
+            continue
+        is_root, name, shape, opcode = match.groups()
+        op_name = re.search(r'op_name="([^"]*)"', line)
+        calls = re.search(r"calls=%?([\w.\-]+)", line)
+        kind = re.search(r"kind=(\w+)", line)
+        found[name] = {"op_name": op_name.group(1) if op_name else "",
+                       "calls": calls.group(1) if calls else None,
+                       "what": " ".join(filter(None, [opcode, kind and kind.group(1),
+                                                      shape.split("{")[0]]))}
+        if is_root:
+            roots[current] = opcode
+        if op_name:
+            inner_names.setdefault(current, op_name.group(1))
+    for info in found.values():
+        called = info.pop("calls")
+        if called:
+            info["what"] += f" root={roots.get(called, '?')}"
+            if not info["op_name"]:
+                info["op_name"] = inner_names.get(called, "")
+    return found
 
 
 def part_of(op_name):
@@ -50,13 +79,14 @@ def main(argv):
     (path,) = glob.glob(f"{FLAGS.trace_dir}/**/*.trace.json.gz", recursive=True)
     with gzip.open(path) as f:
         events = json.load(f)["traceEvents"]
-    names = {}
+    program = {}
     if FLAGS.hlo:
         with open(FLAGS.hlo) as f:
-            names = op_names(f.read())
+            program = instructions(f.read())
     pids = {e["pid"]: e["args"]["name"] for e in events
             if e.get("ph") == "M" and e.get("name") == "process_name"}
-    by_op, by_part, total = collections.Counter(), collections.Counter(), 0.0
+    by_op, by_part, by_kind = collections.Counter(), collections.Counter(), collections.Counter()
+    total = 0.0
     for e in events:
         if e.get("ph") != "X" or "GPU" not in pids.get(e.get("pid"), ""):
             continue
@@ -64,14 +94,21 @@ def main(argv):
         op = args.get("hlo_op") or e.get("name", "?")
         seconds = e["dur"] / 1e6 / FLAGS.steps
         by_op[op] += seconds
-        by_part[part_of(names.get(op, op))] += seconds
+        info = program.get(op, {})
+        by_part[part_of(info.get("op_name", op))] += seconds
+        # The kind of kernel without its shape: "fusion kLoop root=transpose", "custom-call".
+        by_kind[" ".join(w for w in info.get("what", "?").split() if "[" not in w)] += seconds
         total += seconds
     print(json.dumps({"gpu_kernel_s_per_step": total}))
     for part, s in by_part.most_common():
         print(json.dumps({"part": part, "s_per_step": s, "share": s / total}))
+    for kind, s in by_kind.most_common(FLAGS.top):
+        print(json.dumps({"kind": kind, "s_per_step": s, "share": s / total}))
     for op, s in by_op.most_common(FLAGS.top):
+        info = program.get(op, {})
         print(json.dumps({"hlo_op": op, "s_per_step": s, "share": s / total,
-                          "op_name": names.get(op, "")[-160:]}))
+                          "what": info.get("what", ""),
+                          "op_name": info.get("op_name", "")[-160:]}))
 
 
 if __name__ == "__main__":
