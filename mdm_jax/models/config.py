@@ -59,6 +59,10 @@ def model_config(unet, **overrides):
         class_factors=ml_collections.config_dict.placeholder(tuple),
         dtype="float32",                   # activations; params are always float32
         attention_impl=ml_collections.config_dict.placeholder(str),  # None/'xla'/'cudnn'
+        # GroupNorms as one function with a backward pass that keeps only the input and
+        # the statistics (models/group_norm.py); False: flax's GroupNorm and autodiff.
+        # The same parameters and outputs either way.
+        fused_norms=True,
         num_frames=0,                      # frames of the top level's clips; 0 = images
     ))
     _update_strict(cfg, overrides)

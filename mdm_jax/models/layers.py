@@ -11,6 +11,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from mdm_jax.models import group_norm as fused_group_norm
 from mdm_jax.models.initializers import LECUN_NORMAL, ONES, ZEROS, partitioned
 
 # The reference (PyTorch) uses eps 1e-5 for GroupNorm and LayerNorm; Flax defaults to 1e-6.
@@ -49,6 +50,21 @@ def group_norm(num_groups, name):
         num_groups=num_groups, epsilon=NORM_EPS, dtype=jnp.float32, name=name,
         scale_init=partitioned(ONES, ("norm",)),
         bias_init=partitioned(ZEROS, ("norm",)))
+
+
+def norm_act(x, num_groups, name, fused, out_dtype, activate=False, scale=None, shift=None):
+    """GroupNorm(x), times (1 + scale) plus shift ([B, C] each) if given, then SiLU if
+    `activate`, in out_dtype. `fused`: one function with a lighter backward pass
+    (group_norm.py); otherwise flax's GroupNorm and autodiff. Same parameters and values.
+    """
+    if fused:
+        return fused_group_norm.GroupNorm(num_groups, NORM_EPS, activate, out_dtype,
+                                          name=name)(x, scale, shift)
+    h = group_norm(num_groups, name)(x)
+    if scale is not None:
+        per_example = (x.shape[0],) + (1,) * (x.ndim - 2) + (x.shape[-1],)
+        h = h * (1 + scale.reshape(per_example)) + shift.reshape(per_example)
+    return (nn.silu(h) if activate else h).astype(out_dtype)
 
 
 def layer_norm(name):
@@ -96,15 +112,16 @@ class ResNet(nn.Module):
     num_groups: int
     dropout: float = 0.0
     dtype: Dtype = jnp.float32
+    fused_norms: bool = False
 
     @nn.compact
     def __call__(self, x, temb, deterministic=True):
-        h = nn.silu(group_norm(self.num_groups, "norm1")(x)).astype(self.dtype)
+        h = norm_act(x, self.num_groups, "norm1", self.fused_norms, self.dtype, activate=True)
         h = conv3x3(self.out_channels, "conv1", self.dtype)(h)
         ss = dense(2 * self.out_channels, "time_layer", self.dtype)(nn.silu(temb))
-        scale, shift = jnp.split(ss[:, None, None, :], 2, axis=-1)
-        h = group_norm(self.num_groups, "norm2")(h) * (1 + scale) + shift
-        h = nn.silu(h).astype(self.dtype)
+        scale, shift = jnp.split(ss, 2, axis=-1)
+        h = norm_act(h, self.num_groups, "norm2", self.fused_norms, self.dtype,
+                     activate=True, scale=scale, shift=shift)
         if self.dropout > 0:
             h = nn.Dropout(self.dropout)(h, deterministic=deterministic)
         h = conv3x3(self.out_channels, "conv2", self.dtype, zero_init=True)(h)
@@ -121,11 +138,12 @@ class Attention(nn.Module):
     use_ffn: bool
     dtype: Dtype = jnp.float32
     implementation: Optional[str] = None
+    fused_norms: bool = False
 
     @nn.compact
     def __call__(self, x, tokens=None, mask=None):
         b, hgt, wid, c = x.shape
-        h = group_norm(ATTENTION_GROUPS, "norm")(x).astype(self.dtype)
+        h = norm_act(x, ATTENTION_GROUPS, "norm", self.fused_norms, self.dtype)
         q, k, v = jnp.split(dense(3 * c, "qkv", self.dtype)(h).reshape(b, hgt * wid, 3 * c), 3, -1)
         q = split_heads(q)
         out = attend(q, split_heads(k), split_heads(v), implementation=self.implementation)
@@ -136,7 +154,7 @@ class Attention(nn.Module):
         out = out.reshape(b, hgt, wid, c)
         x = x + dense(c, "proj_out", self.dtype, zero_init=True)(out)
         if self.use_ffn:
-            h = group_norm(ATTENTION_GROUPS, "ffn_0")(x).astype(self.dtype)
+            h = norm_act(x, ATTENTION_GROUPS, "ffn_0", self.fused_norms, self.dtype)
             h = gelu(dense(4 * c, "ffn_1", self.dtype)(h))
             x = x + dense(c, "ffn_3", self.dtype, zero_init=True)(h)
         return x

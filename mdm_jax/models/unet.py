@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import numpy as np
 
+from mdm_jax.models import group_norm as fused_group_norm
 from mdm_jax.models import initializers, layers, temporal
 from mdm_jax.models.config import parse_micro_conditioning
 
@@ -62,6 +63,7 @@ class Stage(nn.Module):
     num_temporal_attention_layers: int = 0  # after each ResNet's attention (video)
     temporal_rotary: bool = False  # rotary frame positions in temporal attention
     temporal: bool = False  # resample along time instead of H and W (video)
+    fused_norms: bool = False  # GroupNorm with its lighter backward (group_norm.py)
 
     @nn.compact
     def __call__(self, x, temb, cond, skips=None, deterministic=True, frames=None):
@@ -82,10 +84,10 @@ class Stage(nn.Module):
             if skips is not None:
                 x = jnp.concatenate([x, skips.pop().astype(x.dtype)], axis=-1)
             x = resnet(self.out_channels, self.num_groups, self.dropout, self.dtype,
-                       name=f"resnets_{j}")(x, temb, deterministic)
+                       self.fused_norms, name=f"resnets_{j}")(x, temb, deterministic)
             for a in range(self.num_attention_layers):
                 x = attention(self.use_attention_ffn, self.dtype, self.attention_impl,
-                              name=f"attn_{j * self.num_attention_layers + a}")(
+                              self.fused_norms, name=f"attn_{j * self.num_attention_layers + a}")(
                                   x, tokens, mask)
             for a in range(self.num_temporal_attention_layers):
                 x = temporal_attention(
@@ -133,7 +135,11 @@ class UNet(nn.Module):
         self.up_blocks = [
             self._stage(i, lv.num_resnets_per_resolution[i] + 1, "up" if i > 0 else None)
             for i in reversed(range(num_levels))]
-        self.norm_out = layers.group_norm(lv.num_groups_norm, None)
+        if self.fused_norms:
+            self.norm_out = fused_group_norm.GroupNorm(lv.num_groups_norm, layers.NORM_EPS,
+                                                       activate=True, out_dtype=dtype)
+        else:
+            self.norm_out = layers.group_norm(lv.num_groups_norm, None)
         self.conv_out = layers.conv3x3(self.model.output_channels, None, dtype,
                                        zero_init=True)
         if lv.inner is not None:
@@ -180,6 +186,11 @@ class UNet(nn.Module):
     def dtype(self):
         return jnp.dtype(self.model.dtype)
 
+    @property
+    def fused_norms(self):
+        # Configs saved before this setting existed get it: the parameters are the same.
+        return self.model.get("fused_norms", True)
+
     def _stage(self, i, num_resnets, resample, num_attention_layers=None):
         lv = self.level
         if num_attention_layers is None:
@@ -190,7 +201,7 @@ class UNet(nn.Module):
                      self.dtype, self.model.attention_impl, lv.get("remat", False),
                      temporal_layers[i] if temporal_layers else 0,
                      lv.get("temporal_positional_encoding", False),
-                     lv.get("kind", "spatial") == "temporal")
+                     lv.get("kind", "spatial") == "temporal", self.fused_norms)
 
     def condition(self, lm_outputs, lm_mask, class_labels):
         """Processes text and labels in the innermost UNet (fixtures README 4.4)."""
@@ -309,7 +320,10 @@ class UNet(nn.Module):
             x, _, frames = block(x, temb_rows, level_cond, skips=skips,
                                  deterministic=deterministic, frames=frames)
         features = x
-        out = self.conv_out(nn.silu(self.norm_out(x)).astype(self.dtype)).astype(jnp.float32)
+        h = self.norm_out(x)
+        if not self.fused_norms:
+            h = nn.silu(h).astype(self.dtype)
+        out = self.conv_out(h).astype(jnp.float32)
         if level_frames is not None:
             out = out.reshape((rows, level_frames) + out.shape[1:])
         return [out] + inner_outputs, features
