@@ -24,7 +24,7 @@ from benchmarks.timing import timed
 from mdm_jax.conditioning.text import TextConditioning
 from mdm_jax.models import build_model
 from mdm_jax.models import text as text_lib
-from mdm_jax.parallel import sharding
+from mdm_jax.parallel import sharding, xla_flags
 from mdm_jax.runs.stages import plan_stages, sharded_fresh_params, top_level_shape
 from mdm_jax.sampling import sampler as samples
 
@@ -41,6 +41,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    xla_flags.apply_defaults()  # as the sampling CLI's process has them
     config = FLAGS.config
     stage = plan_stages(config)[-1]
     mesh = sharding.make_mesh(config.mesh)

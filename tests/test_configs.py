@@ -84,3 +84,13 @@ def test_from_checkpoint_config_names_what_it_needs(tmp_path):
         load("from_checkpoint")
     with pytest.raises(FileNotFoundError, match="training run's workdir"):
         load("from_checkpoint", str(tmp_path))
+
+
+def test_default_xla_flags_never_override_the_user_s():
+    from mdm_jax.parallel.xla_flags import with_defaults
+    defaults = ("--xla_gpu_enable_triton_gemm=false",)
+    assert with_defaults("", defaults) == "--xla_gpu_enable_triton_gemm=false"
+    assert with_defaults("--xla_gpu_enable_triton_gemm=true", defaults) == \
+        "--xla_gpu_enable_triton_gemm=true"
+    assert with_defaults(" --xla_dump_to=/tmp/d ", defaults) == \
+        "--xla_dump_to=/tmp/d --xla_gpu_enable_triton_gemm=false"

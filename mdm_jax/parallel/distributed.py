@@ -7,6 +7,8 @@ that builds a mesh, so each takes the same flags.
 import jax
 from absl import flags
 
+from mdm_jax.parallel import xla_flags
+
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False,
                                  "Call jax.distributed.initialize() (multi-host).")
 _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
@@ -17,7 +19,10 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index (mu
 
 
 def initialize_from_flags():
-    """jax.distributed.initialize as the flags say; nothing for a single process."""
+    """This project's default XLA flags, then jax.distributed.initialize as the flags say
+    (nothing more for a single process). Call first, before anything starts jax's backend.
+    """
+    xla_flags.apply_defaults()
     if _COORDINATOR.value:
         # CPU runs need gloo for cross-process collectives; GPUs and TPUs ignore it.
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
