@@ -11,6 +11,7 @@ variance E[x^2] - E[x]^2 clipped at 0, then (x - mean) * (rsqrt(var + eps) * sca
 bias).
 """
 import functools
+import math
 from typing import Any, Optional
 
 import flax.linen as nn
@@ -18,6 +19,11 @@ import jax
 import jax.numpy as jnp
 
 from mdm_jax.models.initializers import ONES, ZEROS, partitioned
+
+
+def _rows(x):
+    """x [B, ..., C] as [B, S, C] (no -1: B may be 0 under a mixed ratio)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
 
 
 def _per_channel(stat, channels):
@@ -45,7 +51,7 @@ def _statistics(x32, groups, eps):
 def _forward(x, scale, bias, mod_scale, mod_shift, groups, eps, activate, out_dtype):
     """x [B, ..., C] -> the output and what the backward pass needs."""
     shape = x.shape
-    x32 = x.reshape(shape[0], -1, shape[-1]).astype(jnp.float32)
+    x32 = _rows(x).astype(jnp.float32)
     mean, inv_std = _statistics(x32, groups, eps)
     c = shape[-1]
     centred = x32 - _per_channel(mean, c)
@@ -74,7 +80,7 @@ def _bwd(groups, eps, activate, out_dtype, residuals, g):
     del eps, out_dtype
     x, mean, inv_std, scale, bias, mod_scale, mod_shift = residuals
     shape, c = x.shape, x.shape[-1]
-    x32 = x.reshape(shape[0], -1, c).astype(jnp.float32)
+    x32 = _rows(x).astype(jnp.float32)
     g32 = g.reshape(x32.shape).astype(jnp.float32)
     inv_std_c = _per_channel(inv_std, c)
     centred = x32 - _per_channel(mean, c)
