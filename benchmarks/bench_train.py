@@ -48,6 +48,8 @@ flags.DEFINE_integer("gradient_accumulation", 1, "Micro-batches per step.")
 flags.DEFINE_string("profile_dir", "", "Write a profiler trace of 3 steps and the "
                     "compiled step's text there (benchmarks/trace_summary.py reads them).")
 flags.DEFINE_string("compile_cache_dir", "", "Persistent compilation cache ('': none).")
+flags.DEFINE_bool("lower_only", False, "Only trace and lower the step, print how long that "
+                  "took, and stop (the Python side of a start, on any host).")
 flags.DEFINE_string("measure_lock", "", "A file that processes run beside each other hold "
                     "while they run steps: they compile at the same time and measure one at "
                     "a time ('': no lock).")
@@ -116,6 +118,14 @@ def main(argv):
                                    gradient_accumulation_steps=FLAGS.gradient_accumulation),
                    donate_argnums=0, out_shardings=(shardings, sharding.replicated(mesh)))
     args = (batch, jax.random.key(0), text.frozen_params)
+    if FLAGS.lower_only:
+        start = time.perf_counter()
+        lowered = step.lower(target, *args)
+        print(json.dumps({"benchmark": "train_step_lower", "device": device.device_kind,
+                          "stage": stage.name, "global_batch": batch_size,
+                          "trace_and_lower_s": time.perf_counter() - start,
+                          "stablehlo_mb": len(lowered.as_text()) / 1e6}), flush=True)
+        return
     if FLAGS.compile_ahead:  # as the trainer: the step compiles while the state is made
         ahead = CompileAhead(step, target, *args)
         lower_s = ahead.lower_s

@@ -275,3 +275,29 @@ def test_validate_rejects_mismatched_lists_and_unknown_keys():
         config_lib.level_config(resolution=64)
     with pytest.raises(ValueError, match="must be divisible by 4: the nest ratio 2"):
         config_lib.level_sizes(small_nested_config(), 30)
+
+
+def test_identical_layers_are_traced_once(monkeypatch):
+    """ResNets and attention layers are jitted per layer: layers of the same shapes share
+    one trace (the 64² UNet's 25 attention layers at 16² trace as one), and a model of
+    three identical attention layers per ResNet computes what it did traced three times."""
+    from mdm_jax.models import layers
+    calls = []
+    original = layers.attend
+    monkeypatch.setattr(layers, "attend", lambda *a, **k: calls.append(1) or original(*a, **k))
+    cfg = small_nested_config()
+    cfg.unet.inner.num_attention_layers = [0, 3]  # two ResNets, three layers after each
+    params = init_params(cfg, jax.random.key(0), 32)
+    xs, kwargs = example_inputs(cfg, 32, batch_size=2)
+    model = build_model(cfg)
+    jax.clear_caches()
+    calls.clear()
+    jax.make_jaxpr(lambda p: model.apply({"params": p}, xs, **kwargs))(params)
+    layers_in_model = sum(1 for path in jax.tree_util.tree_flatten_with_path(params)[0]
+                          if "attn_" in jax.tree_util.keystr(path[0]) and
+                          jax.tree_util.keystr(path[0]).endswith("['qkv']['kernel']"))
+    assert layers_in_model > 3
+    # Each trace of a layer attends once over pixels (and once over text if present); the
+    # down path's and the up path's layers differ only in where they sit.
+    traces = len(calls) // (2 if kwargs.get("lm_outputs") is not None else 1)
+    assert traces == 1, (traces, layers_in_model)
