@@ -14,8 +14,6 @@ the imports (the process start to main), creating the sharded state, compiling t
 step, and the process start to the first step's end (a second process with the same
 --compile_cache_dir shows a warm start).
 """
-import contextlib
-import fcntl
 import json
 import os
 import time
@@ -50,26 +48,9 @@ flags.DEFINE_string("profile_dir", "", "Write a profiler trace of 3 steps and th
 flags.DEFINE_string("compile_cache_dir", "", "Persistent compilation cache ('': none).")
 flags.DEFINE_bool("lower_only", False, "Only trace and lower the step, print how long that "
                   "took, and stop (the Python side of a start, on any host).")
-flags.DEFINE_string("measure_lock", "", "A file that processes run beside each other hold "
-                    "while they run steps: they compile at the same time and measure one at "
-                    "a time ('': no lock).")
 flags.DEFINE_bool("compile_ahead", True, "Compile the step while the state is made, as the "
                   "trainer does (--nocompile_ahead: one after the other).")
 FLAGS = flags.FLAGS
-
-
-@contextlib.contextmanager
-def _held(path):
-    """An exclusive lock on the file at `path` for the block (none for '')."""
-    if not path:
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def main(argv):
@@ -148,10 +129,9 @@ def main(argv):
         holder["state"], m = step(holder["state"], *args)
         return m["loss"]
 
-    with _held(FLAGS.measure_lock):
-        first_loss = float(jax.device_get(one_step()))
-        first_step_s = seconds_since_process_start()
-        seconds = timed(one_step, FLAGS.steps, warmup=1)
+    first_loss = float(jax.device_get(one_step()))
+    first_step_s = seconds_since_process_start()
+    seconds = timed(one_step, FLAGS.steps, warmup=1)
     # Under a mixed ratio, each level's FLOPs on the rows it runs on only.
     flops = training_flops_per_example(stage.model_config, size, length, level_rows=(
         diffusion.level_batch_sizes(stage.diffusion.mixed_ratio, batch_size, len(stage.scales))))
@@ -186,9 +166,7 @@ def main(argv):
         os.makedirs(FLAGS.profile_dir, exist_ok=True)
         with open(os.path.join(FLAGS.profile_dir, "train_step.hlo.txt"), "w") as f:
             f.write(step.as_text())
-        # In the lock too: a trace of these steps alone on the card.
-        with _held(FLAGS.measure_lock), jax.profiler.trace(FLAGS.profile_dir,
-                                                           create_perfetto_trace=True):
+        with jax.profiler.trace(FLAGS.profile_dir, create_perfetto_trace=True):
             for _ in range(3):
                 jax.block_until_ready(one_step())
 
