@@ -13,6 +13,7 @@ as in `python -m mdm_jax.sample`, and is timed apart: `seconds_per_image` is the
 so far (it cannot be reset), so guided lines also bound the unguided ones before them.
 """
 import json
+import os
 import time
 
 import jax
@@ -36,6 +37,9 @@ flags.DEFINE_enum("sampler", "ddpm", samples.SAMPLERS, "Sampler (ddpm: the refer
 flags.DEFINE_bool("cast_kernels", True, "Cast kernels to the compute dtype before the loop "
                   "(--nocast_kernels: the old path, as a baseline in the same call).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per setting, after one warm-up call.")
+flags.DEFINE_string("profile_dir", "", "Write a profiler trace of one call of each setting "
+                    "and its compiled program's text into DIR/steps_S_guidance_G "
+                    "(read them with benchmarks/trace_summary.py).")
 FLAGS = flags.FLAGS
 
 
@@ -108,6 +112,13 @@ def main(argv):
                 "seconds_per_image_with_text": (seconds + text_s) / batch_size,
                 "compile_s": compile_s,
                 "peak_memory_gib": stats.get("peak_bytes_in_use", 0) / 2**30}), flush=True)
+            if FLAGS.profile_dir:
+                trace_dir = os.path.join(FLAGS.profile_dir, f"steps_{steps}_guidance_{guidance:g}")
+                os.makedirs(trace_dir, exist_ok=True)
+                with open(os.path.join(trace_dir, "sample.hlo.txt"), "w") as f:
+                    f.write(compiled.as_text())
+                with jax.profiler.trace(trace_dir, create_perfetto_trace=True):
+                    jax.block_until_ready(compiled(*args))
 
 
 if __name__ == "__main__":
