@@ -7,8 +7,10 @@
 # Usage: bash benchmarks/train_table.sh [bench_train flags...]
 #   bash benchmarks/train_table.sh --config.text.t5.checkpoint_dir= --config.text.t5.preset=flan-t5-xl
 # The compile phase holds the three states at once (about 75 GiB on one card).
-# PRESETS="CONFIG BATCH;CONFIG BATCH..." replaces the three (a CPU check:
-# PRESETS="configs/demo.py:smoke 4;configs/demo.py:smoke 8" PYTHON=.venv/bin/python ...).
+# PRESETS="CONFIG BATCH [FLAGS];CONFIG BATCH..." replaces the three; a preset's own flags
+# follow the common ones, so one config can be measured with and without a setting (a
+# CPU check: PRESETS="configs/demo.py:smoke 4;configs/demo.py:smoke 8" PYTHON=.venv/bin/python ...).
+# Each line gets "preset": the preset's text as given.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python="${PYTHON:-python}"
@@ -23,14 +25,17 @@ bench() {  # CONFIG BATCH STEPS [flags...]; logs and cache under $caches/<n>
     --text=features --steps="$steps" --compile_cache_dir="$caches/$n" "$@"
 }
 for n in "${!presets[@]}"; do
-  read -r config batch <<< "${presets[$n]}"
-  bench "$config" "$batch" 1 "$n" "$@" > "$caches/$n.compile.log" 2>&1 &
+  read -r config batch extra <<< "${presets[$n]}"
+  # shellcheck disable=SC2086  # a preset's flags are words
+  bench "$config" "$batch" 1 "$n" "$@" $extra > "$caches/$n.compile.log" 2>&1 &
 done
 wait
 status=0
 for n in "${!presets[@]}"; do
-  read -r config batch <<< "${presets[$n]}"
-  bench "$config" "$batch" 10 "$n" "$@" 2> "$caches/$n.err" | grep '^{' ||
+  read -r config batch extra <<< "${presets[$n]}"
+  # shellcheck disable=SC2086
+  bench "$config" "$batch" 10 "$n" "$@" $extra 2> "$caches/$n.err" | grep '^{' |
+    sed "s|^{|{\"preset\": \"${presets[$n]}\", |" | grep . ||
     { echo "$config failed:" >&2; tail -n 5 "$caches/$n.compile.log" "$caches/$n.err" >&2
       status=1; }
 done

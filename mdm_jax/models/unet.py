@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from mdm_jax.models import group_norm as fused_group_norm
-from mdm_jax.models import initializers, layers, temporal
+from mdm_jax.models import initializers, layers, temporal, upsample
 from mdm_jax.models.config import parse_micro_conditioning
 
 Dtype = Any
@@ -68,6 +68,7 @@ class Stage(nn.Module):
     temporal_rotary: bool = False  # rotary frame positions in temporal attention
     temporal: bool = False  # resample along time instead of H and W (video)
     fused_norms: bool = False  # GroupNorm with its lighter backward (group_norm.py)
+    subpixel_upsample: bool = False  # the up conv at the input's size (upsample.py)
 
     @nn.compact
     def __call__(self, x, temb, cond, skips=None, deterministic=True, frames=None):
@@ -110,6 +111,8 @@ class Stage(nn.Module):
         elif self.resample == "down":
             x = layers.conv3x3(self.out_channels, "resample", self.dtype, stride=2)(x)
             recorded.append(x)
+        elif self.resample == "up" and self.subpixel_upsample:
+            x = upsample.UpsampleConv(self.out_channels, self.dtype, name="resample")(x)
         elif self.resample == "up":
             x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
             x = layers.conv3x3(self.out_channels, "resample", self.dtype)(x)
@@ -197,6 +200,10 @@ class UNet(nn.Module):
         # Configs saved before this setting existed get it: the parameters are the same.
         return self.model.get("fused_norms", True)
 
+    @property
+    def subpixel_upsample(self):
+        return self.model.get("subpixel_upsample", True)
+
     def _stage(self, i, num_resnets, resample, num_attention_layers=None):
         lv = self.level
         if num_attention_layers is None:
@@ -207,7 +214,8 @@ class UNet(nn.Module):
                      self.dtype, self.model.attention_impl, lv.get("remat", False),
                      temporal_layers[i] if temporal_layers else 0,
                      lv.get("temporal_positional_encoding", False),
-                     lv.get("kind", "spatial") == "temporal", self.fused_norms)
+                     lv.get("kind", "spatial") == "temporal", self.fused_norms,
+                     self.subpixel_upsample)
 
     def condition(self, lm_outputs, lm_mask, class_labels):
         """Processes text and labels in the innermost UNet (fixtures README 4.4)."""
