@@ -40,8 +40,18 @@ def xla_forward_flops(cfg, image_size, batch_size, text_length):
 def test_flop_count_agrees_with_xla_cost_analysis_within_5_percent():
     cfg = small_text_nested_model()
     ours = forward_flops_per_example(cfg, 64, text_length=16)
+    cfg.subpixel_upsample = False  # what the count counts (the architecture's up convs)
     xla = xla_forward_flops(cfg, 64, batch_size=2, text_length=16)
     assert abs(ours - xla) <= 0.05 * xla, (ours, xla)
+
+
+def test_the_count_is_the_architecture_s_whichever_path_runs():
+    cfg = small_text_nested_model()
+    counts = []
+    for subpixel in (True, False):
+        cfg.subpixel_upsample = subpixel
+        counts.append(forward_flops_per_example(cfg, 64, text_length=16))
+    assert counts[0] == counts[1]
 
 
 def test_flops_grow_with_resolution_and_training_is_three_forwards():
