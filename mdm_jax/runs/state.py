@@ -2,7 +2,7 @@
 
 `create_state` materialises a state on the mesh around params that are already there.
 """
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import flax
 import jax
@@ -30,13 +30,22 @@ def learning_rate_schedule(learning_rate, warmup_steps):
          optax.constant_schedule(learning_rate)], [warmup_steps])
 
 
+class ClippedOptimizer(NamedTuple):
+    """Global-norm clipping, then `inner`: init and update are the optax chain's (whole
+    trees); training/update.py runs `inner` leaf by leaf with the clipping it names."""
+    init: Callable
+    update: Callable
+    clip_norm: float
+    inner: optax.GradientTransformation
+
+
 def make_optimizer(optimizer_config, learning_rate, warmup_steps):
     """Global-norm clipping, then AdamW with the warmup schedule."""
-    return optax.chain(
-        optax.clip_by_global_norm(optimizer_config.grad_clip_norm),
-        optax.adamw(learning_rate_schedule(learning_rate, warmup_steps),
-                    b1=optimizer_config.b1, b2=optimizer_config.b2, eps=optimizer_config.eps,
-                    weight_decay=optimizer_config.weight_decay))
+    inner = optax.adamw(learning_rate_schedule(learning_rate, warmup_steps),
+                        b1=optimizer_config.b1, b2=optimizer_config.b2,
+                        eps=optimizer_config.eps, weight_decay=optimizer_config.weight_decay)
+    chain = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), inner)
+    return ClippedOptimizer(chain.init, chain.update, optimizer_config.grad_clip_norm, inner)
 
 
 def state_from_params(params, optimizer):

@@ -12,12 +12,15 @@ import optax
 from mdm_jax import diffusion
 from mdm_jax.conditioning.text import no_text
 from mdm_jax.models import config as model_config_lib
-from mdm_jax.runs.state import ema_update
+from mdm_jax.training.update import make_update
 
 
 def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn, ema_decay,
                     text_fn=no_text, gradient_accumulation_steps=1):
     """Builds train_step(state, batch, rng, frozen) -> (state, metrics).
+
+    optimizer: a `runs.state.ClippedOptimizer` (`make_optimizer`), applied leaf by leaf
+    with the EMA and the non-finite guard (training/update.py).
 
     text_fn(trainable_params, frozen_params, batch) -> (lm_outputs, lm_mask) turns the
     batch's text into the denoiser's conditioning (a trainable encoder's params live in
@@ -82,23 +85,15 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
         # Per level, the rows of every micro-batch back in one [B] (sums are what's logged).
         return (loss, [m.reshape(-1) for m in mses]), grads
 
+    update = make_update(optimizer, ema_decay)
+
     def train_step(state, batch, rng, frozen=None):
         (loss, level_mses), grads = loss_and_grads(state.params, batch, rng, frozen)
         grad_norm = optax.tree.norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
-        ema = ema_update(state.ema_params, params, ema_decay, state.step)
         # A non-finite loss or gradient skips the whole update (params, moments, EMA).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-
-        def guarded(new, old):
-            return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-
-        new_state = state.replace(
+        new_state = update(state, grads, grad_norm, finite).replace(
             step=state.step + 1,
-            params=guarded(params, state.params),
-            opt_state=guarded(opt_state, state.opt_state),
-            ema_params=guarded(ema, state.ema_params),
             nonfinite_steps=state.nonfinite_steps + (~finite).astype(jnp.int32))
         metrics = {"loss": loss, "grad_norm": grad_norm,
                    "learning_rate": learning_rate_fn(state.step),
