@@ -8,7 +8,7 @@ import pytest
 
 from mdm_jax.runs import state as state_lib
 from mdm_jax.runs.defaults import base_config
-from mdm_jax.training.update import make_update
+from mdm_jax.training.update import global_norm, make_update
 
 SHAPES = {"a": (3, 4), "b": (4,), "c": (3, 4), "d": {"e": (2, 3, 4), "f": (4,)}}
 DECAY = 0.99
@@ -38,7 +38,8 @@ def test_leafwise_update_is_the_whole_tree_update(grad_scale):
     for step in range(4):
         grads = _tree(rng, grad_scale)
         finite = jnp.asarray(step != 2)  # step 2 is skipped, as a non-finite one would be
-        norm = optax.tree.norm(grads)
+        norm = global_norm(grads)
+        assert float(norm) == float(optax.tree.norm(grads))
         old = jax.jit(_whole_tree_update, static_argnums=0)(optimizer, old, grads, finite)
         new = update(new, grads, norm, finite)
         old, new = (s.replace(step=s.step + 1) for s in (old, new))
@@ -63,3 +64,10 @@ def test_leaves_of_one_shape_share_one_trace():
     assert len(calls) == 5  # one per leaf
     # Three shapes, (3, 4) twice and (4,) twice: three distinct traced programs.
     assert len({id(e.params["jaxpr"].jaxpr) for e in calls}) == 3
+
+
+def test_global_norm_is_optax_s_under_jit():
+    grads = _tree(np.random.default_rng(1), 3.0)
+    ours = jax.jit(global_norm)(grads)
+    theirs = jax.jit(optax.tree.norm)(grads)
+    assert float(ours) == float(theirs)

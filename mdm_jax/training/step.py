@@ -7,12 +7,11 @@ in/out shardings and the state donated. The loss's pyramid and noise are made on
 """
 import jax
 import jax.numpy as jnp
-import optax
 
 from mdm_jax import diffusion
 from mdm_jax.conditioning.text import no_text
 from mdm_jax.models import config as model_config_lib
-from mdm_jax.training.update import make_update
+from mdm_jax.training.update import global_norm, make_update
 
 
 def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn, ema_decay,
@@ -89,7 +88,7 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
 
     def train_step(state, batch, rng, frozen=None):
         (loss, level_mses), grads = loss_and_grads(state.params, batch, rng, frozen)
-        grad_norm = optax.tree.norm(grads)
+        grad_norm = global_norm(grads)
         # A non-finite loss or gradient skips the whole update (params, moments, EMA).
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         new_state = update(state, grads, grad_norm, finite).replace(

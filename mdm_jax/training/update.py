@@ -20,6 +20,20 @@ from mdm_jax.runs.state import ema_update
 SHARED = -1  # a state leaf that is not one per parameter (a step count)
 
 
+@jax.jit
+def _sum_of_squares(leaf):
+    return jnp.sum(jnp.square(leaf.real) + jnp.square(leaf.imag))
+
+
+def global_norm(tree):
+    """optax.tree.norm(tree), bit for bit (its per-leaf sums of squares added in leaf
+    order), each leaf's sum traced once per shape."""
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree):
+        total = total + _sum_of_squares(leaf)
+    return jnp.sqrt(total)
+
+
 def _state_markers(inner, state, params):
     """For each leaf of `state` (flattened), the index of the parameter leaf it belongs to,
     or SHARED."""
@@ -32,7 +46,7 @@ def _state_markers(inner, state, params):
 
 def make_update(optimizer, ema_decay):
     """update(state, grads, grad_norm, finite) -> state: params, EMA and optimizer state
-    updated where `finite`, kept otherwise; `grad_norm` is optax.tree.norm(grads)."""
+    updated where `finite`, kept otherwise; `grad_norm` is global_norm(grads)."""
     inner, clip_norm = optimizer.inner, optimizer.clip_norm
 
     @jax.jit
