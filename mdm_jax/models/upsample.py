@@ -59,7 +59,8 @@ class UpsampleConv(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        kernel = self.param("kernel", partitioned(LECUN_NORMAL, ("kh", "kw", "conv_in", "conv_out")),
+        kernel_axes = ("kh", "kw", "conv_in", "conv_out")
+        kernel = self.param("kernel", partitioned(LECUN_NORMAL, kernel_axes),
                             (3, 3, x.shape[-1], self.features), jnp.float32)
         bias = self.param("bias", partitioned(ZEROS, ("conv_out",)), (self.features,),
                           jnp.float32)
