@@ -96,7 +96,8 @@ def main(argv):
     step = jax.jit(make_train_step(build_model(stage.model_config), stage.diffusion,
                                    stage.scales, optimizer, lambda s: 1e-5, config.ema_decay,
                                    text_fn=text_fn,
-                                   gradient_accumulation_steps=FLAGS.gradient_accumulation),
+                                   gradient_accumulation_steps=FLAGS.gradient_accumulation,
+                                   batch_shards=sharding.batch_shards(mesh)),
                    donate_argnums=0, out_shardings=(shardings, sharding.replicated(mesh)))
     args = (batch, jax.random.key(0), text.frozen_params)
     if FLAGS.lower_only:
@@ -134,7 +135,8 @@ def main(argv):
     seconds = timed(one_step, FLAGS.steps, warmup=1)
     # Under a mixed ratio, each level's FLOPs on the rows it runs on only.
     flops = training_flops_per_example(stage.model_config, size, length, level_rows=(
-        diffusion.level_batch_sizes(stage.diffusion.mixed_ratio, batch_size, len(stage.scales))))
+        diffusion.level_batch_sizes(stage.diffusion.mixed_ratio, batch_size, len(stage.scales),
+                                    sharding.batch_shards(mesh) * FLAGS.gradient_accumulation)))
     per_chip = batch_size / seconds / jax.device_count()
     peak = metrics.peak_flops_per_chip(device)
     stats = device.memory_stats() or {}

@@ -1,7 +1,7 @@
 """Text-to-image 256² on CC12M: the reference's cc12m_256x256 nested model (476.6M).
 
 Stage res64 trains the inner UNet (as cc12m_64); stage res256 grows it and trains both
-levels on mixed-ratio batches (the outer level on the first 2/3 of each batch).
+levels on mixed-ratio batches (the outer level on the first 2/3 of each device's rows).
 """
 from mdm_jax.models import presets
 from mdm_jax.runs import defaults

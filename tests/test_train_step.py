@@ -1,5 +1,8 @@
 """The sharded train step: equal to one device (also accumulated), compiled once, compiled
 ahead of its state, guarded against NaN; growth."""
+import collections
+import re
+
 import flax
 import jax
 import jax.numpy as jnp
@@ -9,6 +12,7 @@ import pytest
 from mdm_jax import diffusion
 from mdm_jax.models import build_model, init_params
 from mdm_jax.models import config as config_lib
+from mdm_jax.models.rows import first_rows, pad_rows
 from mdm_jax.parallel import sharding
 from mdm_jax.runs import growth
 from mdm_jax.runs import state as state_lib
@@ -40,7 +44,7 @@ def make_batch(batch_size=8, seed=0):
             "scale": np.full((batch_size,), 16.0, np.float32)}
 
 
-def setup_step(model_cfg, mesh, mixed_ratio=None, gradient_accumulation_steps=1):
+def setup_step(model_cfg, mesh, mixed_ratio=None, gradient_accumulation_steps=1, batch_shards=1):
     cfg = base_config()
     diff = diffusion.DiffusionConfig(multi_res_weights=(4.0, 1.0), mixed_ratio=mixed_ratio)
     optimizer = state_lib.make_optimizer(cfg.optimizer, 1e-3, 2)
@@ -52,7 +56,8 @@ def setup_step(model_cfg, mesh, mixed_ratio=None, gradient_accumulation_steps=1)
     state, shardings = state_lib.create_state(abstract, params, params, optimizer, mesh, rules)
     step = make_train_step(build_model(model_cfg), diff, config_lib.nest_scales(model_cfg),
                            optimizer, lr_fn, ema_decay=0.99,
-                           gradient_accumulation_steps=gradient_accumulation_steps)
+                           gradient_accumulation_steps=gradient_accumulation_steps,
+                           batch_shards=batch_shards)
     jitted = jax.jit(step, donate_argnums=0,
                      out_shardings=(shardings, sharding.replicated(mesh)))
     return state, jitted
@@ -77,19 +82,21 @@ def test_mesh_from_config_names_the_fix():
 
 @pytest.mark.slow
 def test_sharded_accumulated_step_equals_one_device_compiles_once_and_skips_nans():
-    """float32, a mixed-ratio batch of 16: one step on one device, against the same step on
+    """float32, a mixed-ratio batch of 32: one step on one device, against the same step on
     a 2x4 data x fsdp mesh as 2 accumulated micro-batches (loss, gradient norm, level
     errors, updated params); then that step runs on without recompiling and skips a
-    non-finite batch's update."""
+    non-finite batch's update. The one device sees the batch as the mesh's 8 x 2 row
+    groups, so that the mixed ratio picks the same rows."""
     mixed_ratio = (1.0, 1.0)
-    batch = make_batch(batch_size=16)
+    batch = make_batch(batch_size=32)
     rng = jax.random.key(7)
     one = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    state, step = setup_step(tiny_model(), one, mixed_ratio)
+    state, step = setup_step(tiny_model(), one, mixed_ratio, batch_shards=16)
     state, m1 = step(state, put_batch(batch, one), rng)
     p1 = jax.device_get(state.params)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 4})
-    state, step = setup_step(tiny_model(), mesh, mixed_ratio, gradient_accumulation_steps=2)
+    state, step = setup_step(tiny_model(), mesh, mixed_ratio, gradient_accumulation_steps=2,
+                              batch_shards=sharding.batch_shards(mesh))
     kernel = state.params["unet"]["inner_unet"]["down_blocks_0"]["resnets_0"]["conv1"]["kernel"]
     assert kernel.sharding.spec == jax.sharding.PartitionSpec(None, None, None, "fsdp")
     assert kernel.addressable_shards[0].data.shape == (3, 3, 32, 8)
@@ -105,11 +112,11 @@ def test_sharded_accumulated_step_equals_one_device_compiles_once_and_skips_nans
 
     traces = []
     for i in range(2):
-        state, _ = step(state, put_batch(make_batch(16, seed=i), mesh), jax.random.key(i))
+        state, _ = step(state, put_batch(make_batch(32, seed=i), mesh), jax.random.key(i))
         traces.append(step._cache_size())
     assert traces == [1, 1]
     before = jax.device_get(state.params)
-    bad = make_batch(16, seed=9)
+    bad = make_batch(32, seed=9)
     bad["images"][0, 0, 0, 0] = np.nan
     state, metrics = step(state, put_batch(bad, mesh), jax.random.key(9))
     assert int(metrics["nonfinite_steps"]) == 1 and int(state.step) == 4
@@ -157,16 +164,61 @@ def test_step_compiled_ahead_of_its_state_is_not_compiled_again():
     assert compiles == [] and np.isfinite(metrics["loss"]) and int(state.step) == 1
 
 
-def test_micro_batches_share_every_levels_rows():
-    order = diffusion.micro_batch_order((1.0, 1.0, 2.0), 16, 3, 2)
-    assert sorted(order) == list(range(16))
-    rows = diffusion.level_batch_sizes((1.0, 1.0, 2.0), 16, 3)  # (4, 8, 16)
-    for part in (order[:8], order[8:]):
-        # The first r/2 rows of each part are rows the level runs on in the whole batch.
-        for r in rows:
-            assert all(i < r for i in part[:r // 2])
-    with pytest.raises(ValueError, match="gradient_accumulation_steps"):
-        diffusion.micro_batch_order((1.0, 1.0, 2.0), 16, 3, 8)
+def test_row_groups_take_each_blocks_first_rows():
+    x = jnp.arange(12).reshape(12, 1)
+    np.testing.assert_array_equal(first_rows(x, 4)[:, 0], [0, 1, 2, 3])
+    np.testing.assert_array_equal(first_rows(x, 4, groups=2)[:, 0], [0, 1, 6, 7])
+    # Clips' frames as rows: 2 frames a row, 3 groups of 2 clips, the first clip of each.
+    np.testing.assert_array_equal(first_rows(x, 3, groups=3, per_row=2)[:, 0],
+                                  [0, 1, 4, 5, 8, 9])
+    back = pad_rows(first_rows(x, 4, groups=2), 12, groups=2)[:, 0]
+    np.testing.assert_array_equal(back, [0, 1, 0, 0, 0, 0, 6, 7, 0, 0, 0, 0])
+    assert diffusion.level_batch_sizes((2.0, 1.0), 48, 2, groups=8) == (32, 48)
+    assert diffusion.level_batch_sizes((2.0, 1.0), 1024, 2) == (682, 1024)
+    assert diffusion.level_batch_sizes((2.0, 1.0), 1024, 2, groups=128) == (640, 1024)
+    with pytest.raises(ValueError, match="multiple"):
+        diffusion.level_batch_sizes((2.0, 1.0), 12, 2, groups=8)
+
+
+def test_accumulated_micro_batches_equal_the_batch_with_their_row_groups():
+    """A mixed ratio of 2:1 on one device: 2 micro-batches against the whole batch seen as
+    2 row groups (what a 2-device batch is): the same rows at every level."""
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
+    batch, rng = make_batch(batch_size=12), jax.random.key(3)
+    whole, whole_step = setup_step(tiny_model(), mesh, (2.0, 1.0), batch_shards=2)
+    whole, m1 = whole_step(whole, put_batch(batch, mesh), rng)
+    parts, parts_step = setup_step(tiny_model(), mesh, (2.0, 1.0), gradient_accumulation_steps=2)
+    parts, m2 = parts_step(parts, put_batch(batch, mesh), rng)
+    for key in ("loss", "grad_norm", "mse_level0", "mse_level1"):
+        np.testing.assert_allclose(m1[key], m2[key], rtol=1e-5, err_msg=key)
+    for a, b in zip(jax.tree_util.tree_leaves(whole.params),
+                    jax.tree_util.tree_leaves(parts.params)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def _collectives_and_temporaries(mixed_ratio):
+    mesh = sharding.make_mesh({"data": 1, "fsdp": 8})
+    state, step = setup_step(tiny_model(), mesh, mixed_ratio,
+                             batch_shards=sharding.batch_shards(mesh))
+    compiled = step.lower(state, put_batch(make_batch(batch_size=48), mesh),
+                          jax.random.key(0)).compile()
+    kinds = re.findall(r" (all-gather|all-to-all|collective-permute|all-reduce)\(",
+                       compiled.as_text())
+    return collections.Counter(kinds), compiled.memory_analysis().temp_size_in_bytes
+
+
+@pytest.mark.slow
+def test_a_mixed_ratio_over_eight_devices_moves_no_activations():
+    """Each device trains the high level on its own rows: the 2:1 step over fsdp=8 has no
+    more collectives than the plain step (the parameters' gathers and the gradients'
+    reductions) and no more memory, as on one device. The batch's first rows instead sat
+    on the first devices: 63 collective-permutes, 64 more all-gathers and 1.6 times the
+    temporaries (docs/performance.md)."""
+    plain, plain_bytes = _collectives_and_temporaries(None)
+    mixed, mixed_bytes = _collectives_and_temporaries((2.0, 1.0))
+    assert mixed["collective-permute"] == 0, mixed
+    assert all(mixed[kind] <= plain[kind] for kind in mixed), (mixed, plain)
+    assert mixed_bytes <= plain_bytes
 
 
 @pytest.mark.slow

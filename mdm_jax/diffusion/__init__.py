@@ -8,7 +8,6 @@ from mdm_jax.diffusion.dpm_solver import dpm_solver_sample, solver_coefficients
 from mdm_jax.diffusion.loss import (
     batch_loss,
     example_weights,
-    micro_batch_order,
     multires_loss,
     sample_loss_noise,
 )

@@ -91,10 +91,17 @@ def level_fractions(mixed_ratio, num_levels):
     return tuple(float(m) for m in np.cumsum(ratio) / ratio.sum())
 
 
-def level_batch_sizes(mixed_ratio, batch_size, num_levels):
-    """Rows each level trains on: int(m_i * B) for the fractions m above.
+def level_batch_sizes(mixed_ratio, batch_size, num_levels, groups=1):
+    """Rows each level trains on: int(m_i * B) for the fractions m above; with `groups`
+    (the batch's blocks, one per device and micro-batch: models/rows.py), int(m_i * B /
+    groups) in every block.
 
     Python ints, so that slicing is static under jit. float64 as in the reference, so that
     int() truncates the same way.
     """
-    return tuple(int(m * batch_size) for m in level_fractions(mixed_ratio, num_levels))
+    if batch_size % groups:
+        raise ValueError(f"A batch of {batch_size} can't be split into {groups} equal "
+                         "groups (devices x micro-batches); make it a multiple.")
+    per_group = batch_size // groups
+    return tuple(groups * int(m * per_group)
+                 for m in level_fractions(mixed_ratio, num_levels))

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 
 from mdm_jax.diffusion import process, schedules
 from mdm_jax.diffusion.config import level_batch_sizes, level_fractions
+from mdm_jax.models.rows import first_rows, pad_rows
 
 
 def sample_loss_noise(key, images, scales, num_steps, frame_ratios=None):
@@ -24,7 +25,7 @@ def sample_loss_noise(key, images, scales, num_steps, frame_ratios=None):
 
 
 def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outputs=None,
-                  lm_mask=None, micros=None, frame_ratios=None, **model_kwargs):
+                  lm_mask=None, micros=None, frame_ratios=None, row_groups=1, **model_kwargs):
     """Per-example loss [B] and an aux dict.
 
     denoise_fn(xs, times, lm_outputs, lm_mask, micros, **model_kwargs) returns the network
@@ -35,7 +36,9 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
 
     With config.mixed_ratio, level i only runs on the first int(m_i B) rows (m the cumulated
     ratio fractions); its loss is divided by m_i so its expected weight is kept. Row counts
-    are python ints from the static batch size: no recompiles from batch to batch.
+    are python ints from the static batch size: no recompiles from batch to batch. With
+    row_groups > 1 the batch is that many equal blocks (one per device) and a level runs
+    on the first rows of each (models/rows.py); denoise_fn then gets row_groups too.
 
     aux["mse"]: per level, mean squared error [B] before level weights and the mixed-ratio
     rescaling, 0 on rows a level skipped. aux["example_weight"]: [B], the VDM weights of
@@ -47,7 +50,7 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
     if len(noises) != num_levels:
         raise ValueError(f"Got {len(noises)} noise arrays for {num_levels} levels.")
     batch = images.shape[0]
-    rows = level_batch_sizes(config.mixed_ratio, batch, num_levels)
+    rows = level_batch_sizes(config.mixed_ratio, batch, num_levels, row_groups)
     if min(rows) < 1:
         raise ValueError(f"A batch of {batch} leaves a level with no rows under mixed_ratio "
                          f"{config.mixed_ratio}; use a larger batch.")
@@ -57,7 +60,10 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
     gammas = jnp.asarray(config.level_gammas(scales))[:, times + 1]  # [levels, B]
     clean = process.pyramid(images, scales, frame_ratios)
     x_t = [process.add_noise(x, eps, g) for x, eps, g in zip(clean, noises, gammas)]
-    outputs = denoise_fn([x[:r] for x, r in zip(x_t, rows)], times, lm_outputs, lm_mask,
+    if row_groups > 1:
+        model_kwargs = {**model_kwargs, "row_groups": row_groups}
+    take = lambda x, r: first_rows(x, r, row_groups)
+    outputs = denoise_fn([take(x, r) for x, r in zip(x_t, rows)], times, lm_outputs, lm_mask,
                          {} if micros is None else micros, **model_kwargs)
 
     loss = jnp.zeros((batch,), jnp.float32)
@@ -65,12 +71,12 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
     for i in range(num_levels):
         r = rows[i]
         pred = process.convert_prediction(
-            outputs[i].astype(jnp.float32), x_t[i][:r], gammas[i][:r],
+            outputs[i].astype(jnp.float32), take(x_t[i], r), take(gammas[i], r),
             config.prediction_type, config.loss_target_type)
         target = process.as_prediction(
-            clean[i][:r], noises[i][:r], gammas[i][:r], config.loss_target_type)
+            take(clean[i], r), take(noises[i], r), take(gammas[i], r), config.loss_target_type)
         mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
-        mse = jnp.pad(mse, (0, batch - r))  # rows this level skipped count 0
+        mse = pad_rows(mse, batch, row_groups)  # rows this level skipped count 0
         mses.append(mse)
         if i == 0 or config.use_double_loss:
             loss = loss + level_weights[i] * (mse / fractions[i])
@@ -89,35 +95,3 @@ def example_weights(config, times):
 def batch_loss(loss, example_weight):
     """The scalar to minimise: the example_weight-weighted mean of the per-example losses."""
     return jnp.sum(loss * example_weight) / jnp.sum(example_weight)
-
-
-def micro_batch_order(mixed_ratio, batch_size, num_levels, num_micro_batches):
-    """A permutation of the batch's rows that, cut into `num_micro_batches` equal parts,
-    gives each part the same share of every level's rows, first.
-
-    Level i trains on the first rows_i rows (nested prefixes). Taking the same slice of
-    each stretch between prefix ends for every part means that the mixed ratio applied to
-    a part's own rows selects exactly the rows it selects in the whole batch: gradients
-    accumulated over the parts equal the whole batch's.
-    """
-    rows = level_batch_sizes(mixed_ratio, batch_size, num_levels)
-    ends = sorted(set(rows) | {batch_size})
-    starts = [0] + ends[:-1]
-    order = []
-    for part in range(num_micro_batches):
-        for start, end in zip(starts, ends):
-            length = end - start
-            if length % num_micro_batches:
-                raise ValueError(
-                    f"A batch of {batch_size} under mixed_ratio {mixed_ratio} has levels on "
-                    f"rows {rows}, which {num_micro_batches} micro-batches can't share "
-                    "equally: choose a global_batch_size (or gradient_accumulation_steps) "
-                    "that divides each level's row count.")
-            step = length // num_micro_batches
-            order.extend(range(start + part * step, start + (part + 1) * step))
-    if level_batch_sizes(mixed_ratio, batch_size // num_micro_batches, num_levels) != tuple(
-            r // num_micro_batches for r in rows):  # the ratio's rounding on the smaller part
-        raise ValueError(f"mixed_ratio {mixed_ratio} rounds a micro-batch of "
-                         f"{batch_size // num_micro_batches} rows differently from a batch of "
-                         f"{batch_size}: choose another gradient_accumulation_steps.")
-    return order

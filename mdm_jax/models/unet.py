@@ -22,6 +22,7 @@ import numpy as np
 from mdm_jax.models import group_norm as fused_group_norm
 from mdm_jax.models import initializers, layers, temporal, upsample
 from mdm_jax.models.config import parse_micro_conditioning
+from mdm_jax.models.rows import first_rows, pad_rows
 
 Dtype = Any
 
@@ -31,10 +32,6 @@ class Conditioning(NamedTuple):
     tokens: Optional[jnp.ndarray]   # [B, S, D] processed text tokens, or None
     mask: Optional[jnp.ndarray]     # [B, S] or None (no masking)
     embedding: Optional[jnp.ndarray]  # [B, temporal_dim] added to every level's temb
-
-
-def _rows(x, n):
-    return None if x is None else x[:n]
 
 
 def _per_frame(x, frames):
@@ -287,19 +284,22 @@ class UNet(nn.Module):
             temb = temb + self.cond_layers[key](value)
         return temb
 
-    def run_level(self, xs, times, cond, micros, injected=None, deterministic=True):
+    def run_level(self, xs, times, cond, micros, injected=None, deterministic=True,
+                  row_groups=1):
         """Runs this level and its inner levels. Returns (outputs, features).
 
         xs[0] may have fewer rows than the lower levels (mixed-ratio batches): this level
-        then uses the first rows of the time embedding and conditioning.
+        then uses the first rows of the time embedding and conditioning, of each of
+        `row_groups` equal blocks of the batch (models/rows.py).
         """
         lv = self.level
         x_high = xs[0]
         rows = x_high.shape[0]  # examples (clips, for video) this level runs on
         frames = x_high.shape[1] if x_high.ndim == 5 else None
         temb = self._time_embedding(times, cond, micros)
-        level_cond = Conditioning(_rows(cond.tokens, rows), _rows(cond.mask, rows), None)
-        temb_rows = temb[:rows]
+        take = lambda x: None if x is None else first_rows(x, rows, row_groups)
+        level_cond = Conditioning(take(cond.tokens), take(cond.mask), None)
+        temb_rows = take(temb)
         if lv.inner is not None and not lv.skip_normalization:
             # Per-example (clip) std over the rest, with Bessel's correction, no mean removal.
             std = jnp.std(x_high.astype(jnp.float32), axis=tuple(range(1, x_high.ndim)),
@@ -320,12 +320,12 @@ class UNet(nn.Module):
         if lv.inner is not None:
             to_inner = None
             if not lv.skip_inner_unet_input:
-                to_inner = self.in_adapter(x)
-                pad = (xs[1].shape[0] - rows) * (frames or 1)
-                to_inner = jnp.pad(to_inner, ((0, pad), (0, 0), (0, 0), (0, 0)))
+                # In the inner level's batch, this level's rows are each group's first.
+                to_inner = pad_rows(self.in_adapter(x), xs[1].shape[0], row_groups,
+                                    frames or 1)
             inner_outputs, inner_features = self.inner_unet.run_level(
-                xs[1:], times, cond, micros, to_inner, deterministic)
-            x = x + self.out_adapter(inner_features[:x.shape[0]])
+                xs[1:], times, cond, micros, to_inner, deterministic, row_groups)
+            x = x + self.out_adapter(first_rows(inner_features, rows, row_groups, frames or 1))
         elif not lv.skip_mid_blocks:
             for block in self.mid_blocks:
                 x, _, _ = block(x, temb_rows, level_cond, deterministic=deterministic,
@@ -343,11 +343,12 @@ class UNet(nn.Module):
         return [out] + inner_outputs, features
 
     def __call__(self, xs, times, lm_outputs=None, lm_mask=None, micros=None,
-                 class_labels=None, deterministic=True):
+                 class_labels=None, deterministic=True, row_groups=1):
         """xs: noisy images NHWC (or clips NTHWC), highest resolution first. Returns the
-        list of outputs."""
+        list of outputs. row_groups: see run_level."""
         if not isinstance(xs, (list, tuple)):
             xs = [xs]
         cond = self.condition(lm_outputs, lm_mask, class_labels)
-        outputs, _ = self.run_level(list(xs), times, cond, micros or {}, None, deterministic)
+        outputs, _ = self.run_level(list(xs), times, cond, micros or {}, None, deterministic,
+                                    row_groups)
         return outputs

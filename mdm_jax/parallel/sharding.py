@@ -111,6 +111,11 @@ def batch_sharding(mesh, ndim):
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
 
 
+def batch_shards(mesh):
+    """How many blocks `batch_sharding` cuts the batch into: the data x fsdp devices."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES if a in mesh.shape)
+
+
 def replicated(mesh):
     return NamedSharding(mesh, PartitionSpec())
 

@@ -24,10 +24,15 @@ def sampler_noise(key, shape, scales, frame_ratios=None):
 def kernels_in_compute_dtype(params, dtype):
     """Every Dense and Conv kernel cast to the model's compute dtype. The layers cast them
     at each use anyway (flax's promote_dtype), so a model's output is bit-identical; cast
-    once before the loop, the loop reads half the bytes and converts nothing per step."""
+    once before the loop, the loop reads half the bytes and converts nothing per step.
+    The up blocks' resample kernels stay float32: the sub-pixel up conv sums their taps
+    before it casts (models/upsample.py), and rounding first would change the sums."""
     def cast(path, leaf):
-        is_kernel = getattr(path[-1], "key", None) == "kernel"
-        return leaf.astype(dtype) if is_kernel else leaf
+        keys = [str(getattr(p, "key", "")) for p in path]
+        is_kernel = keys[-1] == "kernel"
+        up_resample = (len(keys) >= 3 and keys[-2] == "resample"
+                       and keys[-3].startswith("up_blocks"))
+        return leaf.astype(dtype) if is_kernel and not up_resample else leaf
     return jax.tree_util.tree_map_with_path(cast, params)
 
 

@@ -100,7 +100,8 @@ def compile_train_step(config, devices, stage_name=None, batch_size=None):
         build_model(stage.model_config), stage.diffusion, stage.scales, optimizer,
         state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps),
         config.ema_decay, text_fn=text_fn,
-        gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1))
+        gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1),
+        batch_shards=sharding.batch_shards(mesh))
     lowered = jax.jit(step, donate_argnums=0,
                       out_shardings=(state_shardings, sharding.replicated(mesh))).lower(
         state, batch, jax.random.key(0))

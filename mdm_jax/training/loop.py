@@ -183,7 +183,8 @@ class StageRun:
             self.model, stage.diffusion, stage.scales, self.optimizer,
             state_lib.learning_rate_schedule(st.learning_rate, st.warmup_steps),
             self.config.ema_decay, text_fn=self.text.text_fn(),
-            gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1))
+            gradient_accumulation_steps=st.get("gradient_accumulation_steps", 1),
+            batch_shards=sharding.batch_shards(self.mesh))
         return jax.jit(step_fn, donate_argnums=0,
                        out_shardings=(state_shardings, sharding.replicated(self.mesh)))
 
@@ -217,7 +218,9 @@ class StageRun:
             training_flops_per_example(
                 stage.model_config, stage.image_size, config.text.max_length,
                 level_rows=diffusion.level_batch_sizes(
-                    stage.diffusion.mixed_ratio, st.global_batch_size, len(stage.scales))),
+                    stage.diffusion.mixed_ratio, st.global_batch_size, len(stage.scales),
+                    sharding.batch_shards(self.mesh)
+                    * st.get("gradient_accumulation_steps", 1))),
             num_chips=jax.device_count(),
             peak_flops_per_chip=metrics_lib.peak_flops_per_chip(jax.devices()[0]))
         base_key = jax.random.key(config.seed)

@@ -15,7 +15,7 @@ from mdm_jax.training.update import global_norm, make_update
 
 
 def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn, ema_decay,
-                    text_fn=no_text, gradient_accumulation_steps=1):
+                    text_fn=no_text, gradient_accumulation_steps=1, batch_shards=1):
     """Builds train_step(state, batch, rng, frozen) -> (state, metrics).
 
     optimizer: a `runs.state.ClippedOptimizer` (`make_optimizer`), applied leaf by leaf
@@ -25,11 +25,15 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
     batch's text into the denoiser's conditioning (a trainable encoder's params live in
     state.params beside 'unet'; a frozen encoder's come in `frozen`).
 
+    batch_shards: the blocks the batch is split into over the mesh (its data x fsdp
+    devices). Under a mixed ratio each level runs on the first rows of every block, so
+    that no device waits for another's rows (models/rows.py).
+
     With gradient_accumulation_steps=k the batch's gradient is the sum of k micro-batches'
-    (a lax.scan, so activations of one micro-batch at a time), equal to the whole batch's:
-    the loss's times and noise are drawn for the whole batch, each micro-batch's summed
-    loss is divided by the whole batch's weight, and the rows are ordered so that a mixed
-    ratio picks the same rows (`diffusion.micro_batch_order`).
+    (a lax.scan, so activations of one micro-batch at a time): micro-batch m is the m-th
+    k-th of every shard's block, taken where it lies. The loss's times and noise are drawn
+    for the whole batch and each micro-batch's summed loss is divided by the whole batch's
+    weight, so the gradient equals the whole batch's with batch_shards * k row groups.
     """
     scales = tuple(scales)
     frame_ratios = model_config_lib.nest_frame_ratios(model.model)  # None for images
@@ -50,7 +54,7 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
         per_example, aux = diffusion.multires_loss(
             denoise, images, times, noises, config=diffusion_config, scales=scales,
             lm_outputs=lm_outputs, lm_mask=lm_mask, micros=micros, frame_ratios=frame_ratios,
-            **extra)
+            row_groups=batch_shards, **extra)
         return jnp.sum(per_example * aux["example_weight"]) / total_weight, aux["mse"]
 
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
@@ -65,11 +69,16 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
         if accumulate == 1:
             return grad_fn(params, batch, times, noises, dropout_rng, frozen, total_weight)
         size = batch["images"].shape[0]
-        order = jnp.asarray(diffusion.micro_batch_order(
-            diffusion_config.mixed_ratio, size, len(scales), accumulate))
+        part = size // (batch_shards * accumulate)  # rows of one shard's micro-batch
 
-        def split(x):  # [B, ...] -> [k, B / k, ...] in micro-batch order
-            return x[order].reshape(accumulate, size // accumulate, *x.shape[1:])
+        def split(x):  # [B, ...] -> [k, B / k, ...]: every shard's m-th part, in place
+            parts = x.reshape((batch_shards, accumulate, part) + x.shape[1:])
+            return jnp.swapaxes(parts, 0, 1).reshape((accumulate, size // accumulate)
+                                                     + x.shape[1:])
+
+        def join(x):  # the inverse of split, for per-row values [k, B / k]
+            parts = x.reshape((accumulate, batch_shards, part))
+            return jnp.swapaxes(parts, 0, 1).reshape(size)
         micro = jax.tree_util.tree_map(split, (batch, times, noises))
 
         def one(carry, inputs):
@@ -81,8 +90,8 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
         zeros = jax.tree_util.tree_map(jnp.zeros_like, params)
         (loss, grads), mses = jax.lax.scan(
             one, (jnp.zeros((), jnp.float32), zeros), (jnp.arange(accumulate), micro))
-        # Per level, the rows of every micro-batch back in one [B] (sums are what's logged).
-        return (loss, [m.reshape(-1) for m in mses]), grads
+        # Per level, the rows of every micro-batch back in the batch's order.
+        return (loss, [join(m) for m in mses]), grads
 
     update = make_update(optimizer, ema_decay)
 
@@ -98,7 +107,8 @@ def make_train_step(model, diffusion_config, scales, optimizer, learning_rate_fn
                    "learning_rate": learning_rate_fn(state.step),
                    "nonfinite_steps": new_state.nonfinite_steps}
         rows = diffusion.level_batch_sizes(diffusion_config.mixed_ratio,
-                                           batch["images"].shape[0], len(scales))
+                                           batch["images"].shape[0], len(scales),
+                                           batch_shards * accumulate)
         for i, (mse, r) in enumerate(zip(level_mses, rows)):
             # Mean over the rows this level ran on (mixed ratios skip the others).
             metrics[f"mse_level{i}"] = jnp.sum(mse) / r
