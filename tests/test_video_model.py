@@ -10,6 +10,7 @@ from mdm_jax.diffusion import DiffusionConfig, process
 from mdm_jax.diffusion.loss import batch_loss, multires_loss, sample_loss_noise
 from mdm_jax.models import build_model, example_inputs, inflate, temporal
 from mdm_jax.models import config as config_lib
+from mdm_jax.models.rows import first_rows
 from mdm_jax.parallel import sharding
 
 SMALL = dict(temporal_dim=64, num_groups_norm=8)
@@ -231,3 +232,26 @@ def test_temporal_video_model_from_an_image_model_keeps_every_image_layer():
     with pytest.raises(ValueError, match="spatial one"):
         inflate.image_to_video_params(video_params, video_cfg,
                                       image_params["inner_unet"], inner_cfg)
+
+
+@pytest.mark.slow
+def test_row_groups_run_each_group_as_a_batch_of_its_own():
+    """Mixed-ratio rows in 2 groups (models/rows.py) through the temporal nested model:
+    each group's outputs are those of the group run alone, so each level's rows, the
+    adapters' padding between levels and the clips' frames line up group by group."""
+    cfg = temporal_nested_config()
+    params = randomise(fresh(cfg, 64), ["proj_out", "mlp_out", "conv2", "adapter", "conv_out"])
+    apply = jax.jit(build_model(cfg).apply, static_argnames="row_groups")
+    rng = np.random.default_rng(2)
+    shapes, _ = example_inputs(cfg, 64, batch_size=4)
+    rows = (2, 4, 4)  # the top level on each group's first clip
+    xs = [first_rows(jnp.asarray(rng.normal(size=x.shape), jnp.float32), r, 2)
+          for x, r in zip(shapes, rows)]
+    times, text = jnp.array([5, 100, 300, 900]), text_inputs(4)
+    grouped = apply({"params": params}, xs, times, **text, row_groups=2)
+    for g in (0, 1):
+        part = lambda x, r: x[g * r // 2:(g + 1) * r // 2]
+        alone = apply({"params": params}, [part(x, r) for x, r in zip(xs, rows)],
+                      part(times, 4), **{k: part(v, 4) for k, v in text.items()})
+        for out, ref, r in zip(grouped, alone, rows):
+            np.testing.assert_allclose(part(out, r), ref, rtol=1e-5, atol=1e-5)
