@@ -9,7 +9,19 @@ import jax.numpy as jnp
 
 from mdm_jax.diffusion import process, schedules
 from mdm_jax.diffusion.config import level_batch_sizes, level_fractions
-from mdm_jax.models.rows import first_rows, pad_rows
+
+
+def _first_rows(x, rows, groups):
+    """The first rows // groups rows of each of `groups` equal blocks of x (the loss's side
+    of mdm_jax/models/rows.py, which this package may not import)."""
+    blocks = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
+    return blocks[:, :rows // groups].reshape((rows,) + x.shape[1:])
+
+
+def _pad_rows(x, rows, groups):
+    """Per-row values of the rows a level ran on back in their batch rows, 0 elsewhere."""
+    blocks = x.reshape((groups, x.shape[0] // groups))
+    return jnp.pad(blocks, ((0, 0), (0, (rows - x.shape[0]) // groups))).reshape(rows)
 
 
 def sample_loss_noise(key, images, scales, num_steps, frame_ratios=None):
@@ -62,7 +74,7 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
     x_t = [process.add_noise(x, eps, g) for x, eps, g in zip(clean, noises, gammas)]
     if row_groups > 1:
         model_kwargs = {**model_kwargs, "row_groups": row_groups}
-    take = lambda x, r: first_rows(x, r, row_groups)
+    take = lambda x, r: _first_rows(x, r, row_groups)
     outputs = denoise_fn([take(x, r) for x, r in zip(x_t, rows)], times, lm_outputs, lm_mask,
                          {} if micros is None else micros, **model_kwargs)
 
@@ -76,7 +88,7 @@ def multires_loss(denoise_fn, images, times, noises, *, config, scales, lm_outpu
         target = process.as_prediction(
             take(clean[i], r), take(noises[i], r), take(gammas[i], r), config.loss_target_type)
         mse = jnp.mean(jnp.square(pred - target), axis=tuple(range(1, pred.ndim)))
-        mse = pad_rows(mse, batch, row_groups)  # rows this level skipped count 0
+        mse = _pad_rows(mse, batch, row_groups)  # rows this level skipped count 0
         mses.append(mse)
         if i == 0 or config.use_double_loss:
             loss = loss + level_weights[i] * (mse / fractions[i])

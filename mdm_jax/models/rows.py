@@ -6,7 +6,8 @@ per device), the first rows sit on the first devices, and XLA's partitioner gath
 moves activations to compute them (docs/performance.md measures it). So the batch is
 seen as `groups` contiguous blocks, one per device (and per micro-batch), and a level
 runs on the first rows of every block: each device keeps its share, with no data moved.
-One group is the reference's truncation.
+One group is the reference's truncation. (The loss, in mdm_jax.diffusion, which may not
+import this package, selects its rows the same way.)
 
 Row counts are Python ints (static under jit); `x` may hold clips' frames as rows (video
 levels), counted in units of `per_row` rows each.
