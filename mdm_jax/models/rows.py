@@ -15,7 +15,7 @@ levels), counted in units of `per_row` rows each.
 import jax.numpy as jnp
 
 
-def check_groups(rows, groups):
+def _check_groups(rows, groups):
     if rows % groups:
         raise ValueError(f"{rows} rows can't be split into {groups} equal groups.")
 
@@ -24,8 +24,8 @@ def first_rows(x, rows, groups=1, per_row=1):
     """The first rows // groups rows of each of `groups` equal blocks of x: [rows, ...]."""
     if groups == 1:
         return x[:rows * per_row]
-    check_groups(x.shape[0], groups * per_row)
-    check_groups(rows, groups)
+    _check_groups(x.shape[0], groups * per_row)
+    _check_groups(rows, groups)
     blocks = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
     return blocks[:, :rows // groups * per_row].reshape((rows * per_row,) + x.shape[1:])
 
@@ -36,8 +36,8 @@ def pad_rows(x, rows, groups=1, per_row=1):
     pad = rows * per_row - x.shape[0]
     if groups == 1:
         return jnp.pad(x, ((0, pad),) + ((0, 0),) * (x.ndim - 1))
-    check_groups(x.shape[0], groups * per_row)
-    check_groups(rows, groups)
+    _check_groups(x.shape[0], groups * per_row)
+    _check_groups(rows, groups)
     blocks = x.reshape((groups, x.shape[0] // groups) + x.shape[1:])
     padded = jnp.pad(blocks, ((0, 0), (0, pad // groups)) + ((0, 0),) * (x.ndim - 1))
     return padded.reshape((rows * per_row,) + x.shape[1:])

@@ -14,7 +14,7 @@ combined kernels side by side as 4 x C_out output channels, computes every phase
 2H x 2W output. 16 (H+1)(W+1) multiply-adds per channel pair instead of 36 HW (0.45-0.5
 of the FLOPs), and no four-times larger input is written. The parameters are the
 reference layout's 3x3 kernel and bias, so checkpoints are unchanged; the outputs equal
-the plain path's up to the rounding of the summed weights (tests/test_models.py).
+the plain path's up to the rounding of the summed weights (tests/test_fast_paths.py).
 """
 from typing import Any
 
