@@ -1,7 +1,9 @@
-"""Compiles a config's train step for a TPU slice this machine doesn't have, and says
-whether it fits: python -m mdm_jax.compile_for --config=configs/NAME.py --topology=v5p:4x4x4
+"""Compiles a config's train step for a TPU slice or GPU host this machine doesn't have, and
+says whether it fits: python -m mdm_jax.compile_for --config=configs/NAME.py --topology=v5p:4x4x4
+(or --topology=h100:8, eight H100s of one host).
 
-Needs libtpu (pip install -e '.[tpu]'); runs on any host, no TPU needed. Prints one JSON
+Needs libtpu (pip install -e '.[tpu]') or jax's CUDA plugin (pip install -e '.[gpu-aot]');
+runs on any host, no TPU or GPU needed. Prints one JSON
 line: chips, mesh, per-chip memory, FLOPs per chip and collectives of the step (the
 config's last stage, or --stage; its global batch, or --batch_size), and whether it fits.
 Exits 1 with one line naming the fixes when the step needs more memory than a chip has
@@ -17,10 +19,12 @@ from ml_collections import config_flags
 from mdm_jax.training import ahead_of_time
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("topology", None, "A TPU slice: 'v5e:16x16', 'v5p:4x4x4', ...")
+flags.DEFINE_string("topology", None, "A TPU slice: 'v5e:16x16', 'v5p:4x4x4', ...; or "
+                    "NVIDIA cards: 'h200' (one), 'h100:8' (8 of one host), 'h100:2x8'.")
 flags.DEFINE_string("stage", None, "Stage to compile (default: the config's last).")
 flags.DEFINE_integer("batch_size", None, "Global batch (default: the stage's).")
-flags.DEFINE_float("hbm_gib", None, "Memory per chip to fit in (default: the chip's).")
+flags.DEFINE_float("hbm_gib", None, "Memory per chip to fit in (default: the chip's; for a "
+                   "GPU, jax's allocator's share of it, XLA_CLIENT_MEM_FRACTION or 0.75).")
 flags.mark_flags_as_required(["config", "topology"])
 FLAGS = flags.FLAGS
 

@@ -1,5 +1,6 @@
-"""python -m mdm_jax.compile_for: the demo's 32² step compiled for a 4-chip TPU v5e slice on
-this CPU (libtpu from the test extra describes the slice; no TPU is needed)."""
+"""python -m mdm_jax.compile_for: the demo's 32² step compiled for a 4-chip TPU v5e slice and
+for a host of two H100s on this CPU (libtpu and jax's CUDA plugin, from the test extra,
+describe them; no TPU or GPU is needed)."""
 import json
 import subprocess
 import sys
@@ -11,12 +12,13 @@ from training_runs import ROOT
 pytestmark = pytest.mark.slow
 
 
-def compile_for(*flags):
+def compile_for(*flags, topology="v5e:2x2"):
     """(the command's result, its JSON report) for the demo's res32 step on a v5e-2x2."""
-    pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
+    if topology.startswith("v"):
+        pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
     result = subprocess.run(
         [sys.executable, "-m", "mdm_jax.compile_for", "--config=configs/demo.py:smoke",
-         "--stage=res32", "--topology=v5e:2x2", *flags],
+         "--stage=res32", f"--topology={topology}", *flags],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     report = json.loads(next(line for line in result.stdout.splitlines()
                              if line.startswith("{")))
@@ -45,3 +47,19 @@ def test_a_step_the_tpu_compiler_cannot_fit_is_named_with_its_temporaries():
     assert result.returncode == 1
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("The step needs at least") and "remat" in last
+
+
+def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share():
+    pytest.importorskip("jax_plugins.xla_cuda12",
+                        reason="pip install -e '.[test]' (or '.[gpu-aot]') brings it")
+    result, report = compile_for("--config.mesh.data=1", "--config.mesh.fsdp=2",
+                                 topology="h100:2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["chips"] == 2
+    assert report["mesh"] == {"data": 1, "fsdp": 2} and report["fits"] is True
+    # FSDP: each card holds half the state and gathers the other half's params.
+    assert report["collectives"]["all-gather"] >= 1
+    assert report["collectives"]["reduce-scatter"] + report["collectives"]["all-reduce"] >= 1
+    # The limit is jax's allocator's default share (0.75) of the card's 81,559 MiB.
+    assert report["hbm_bytes"] == int(0.75 * 81_559 * 2**20)
+    assert report["per_chip_memory_bytes"] > report["per_chip_arguments_bytes"] > 0

@@ -1,9 +1,11 @@
-"""Compiling a config's train step for devices this machine doesn't have (TPU topologies).
+"""Compiling a config's train step for devices this machine doesn't have (TPU slices,
+hosts of NVIDIA cards).
 
 With libtpu installed (`pip install -e '.[tpu]'`), `jax.experimental.topologies` describes
-a TPU slice (`v5e:16x16`, `v5p:4x4x4`) on any host, and the step lowered on abstract,
-sharded inputs compiles for it: per-chip memory, FLOPs and collectives are known before a
-pod is booked. Text comes as features of the encoder's width in the batch (as the
+a TPU slice (`v5e:16x16`, `v5p:4x4x4`) on any host; with jax's CUDA plugin
+(`pip install -e '.[gpu-aot]'`), H100 or H200 hosts (`h100:8`, gpu_targets.py). The step
+lowered on abstract, sharded inputs compiles for them: per-chip memory, FLOPs and
+collectives are known before a pod or a GPU is booked. Text comes as features of the encoder's width in the batch (as the
 reference trains, on precomputed features); the frozen encoder is not in the program.
 """
 import collections
@@ -19,6 +21,7 @@ from mdm_jax.models import build_model
 from mdm_jax.parallel import sharding
 from mdm_jax.runs import state as state_lib
 from mdm_jax.runs.stages import find_stage, fresh_params, plan_stages, top_level_shape
+from mdm_jax.training import gpu_targets
 from mdm_jax.training.step import make_train_step
 
 # High-bandwidth memory per chip, by jax's device_kind.
@@ -28,7 +31,10 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all",
 
 
 def topology_devices(name):
-    """The devices of a TPU topology such as 'v5e:2x2' or 'v5p:4x4x4'."""
+    """The devices of a TPU topology such as 'v5e:2x2' or 'v5p:4x4x4', or of NVIDIA cards
+    such as 'h200' (one), 'h100:8' (eight of one host) or 'h100:2x8' (two such hosts)."""
+    if gpu_targets.parse(name) is not None:
+        return gpu_targets.devices(name)
     # Compiling drives no chip, so several compiles may run side by side; without this
     # libtpu's lockfile refuses every process but the first.
     os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
@@ -37,10 +43,14 @@ def topology_devices(name):
     except Exception as e:  # libtpu missing, or a name it doesn't know
         raise ValueError(f"Can't describe TPU topology {name!r} ({e}). Install libtpu "
                          "(pip install -e '.[tpu]') and name a slice as "
-                         "'v5e:16x16' or 'v5p:4x4x4'.") from e
+                         "'v5e:16x16' or 'v5p:4x4x4', or cards as 'h100:8'.") from e
 
 
 def hbm_bytes(device_kind):
+    """The memory a program may use on a chip of this kind: a TPU's HBM, or the share of
+    an H100's or H200's that jax's allocator takes (gpu_targets.memory_fraction)."""
+    if device_kind.startswith("NVIDIA"):
+        return gpu_targets.usable_bytes(device_kind)
     for kind in sorted(HBM_GIB, key=len, reverse=True):  # 'TPU v5 lite' before 'TPU v5'
         if device_kind.startswith(kind):
             return HBM_GIB[kind] * 2**30
