@@ -4,40 +4,33 @@
         --config.text.t5.checkpoint_dir= --config.text.t5.preset=flan-t5-xl [--remat]
 
 Compiles the config's last-stage train step (text as features in the batch, as
-`python -m mdm_jax.compile_for` and the reference train) for this machine's first device
-at the probe batches, without running it, and reads XLA's memory analysis: arguments +
+`python -m mdm_jax.compile_for` and the reference train) for one card described by
+`--card` (mdm_jax/training/gpu_targets.py: any host, no GPU needed; the gpu-aot extra) at
+the probe batches, without running it, and reads XLA's memory analysis: arguments +
 outputs - donated + temporaries. Memory grows linearly with the batch (the state is
 fixed, activations scale), so two probes give the line; the batch where it meets each
 card's limit is then compiled to confirm, one step lower while it does not fit.
 
-A card's limit is the share of its memory that jax's allocator may use (`bytes_limit` of
-this device over its memory: 0.75 by default, XLA_PYTHON_CLIENT_MEM_FRACTION sets it) of
-the card's memory: an 80 GB H100 has 81,559 MiB, a 141 GB H200 143,771 MiB (nvidia-smi).
+A card's limit is the share of its memory that jax's allocator may use (0.75 by default,
+XLA_CLIENT_MEM_FRACTION sets it) of the card's memory: an 80 GB H100 has 81,559 MiB, a
+141 GB H200 143,771 MiB (nvidia-smi). The program compiled for --card serves both cards'
+limits (the two differ in size and bandwidth, not in what they compute).
 """
 import json
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
 from mdm_jax.runs.stages import plan_stages
-from mdm_jax.training import ahead_of_time
+from mdm_jax.training import ahead_of_time, gpu_targets
 
 config_flags.DEFINE_config_file("config", None, "Experiment config.", lock_config=True)
 flags.DEFINE_list("probe_batches", ["8", "16"], "Two batch sizes to fit the line through.")
 flags.DEFINE_bool("remat", False, "Recompute every level's activations in backward.")
+flags.DEFINE_enum("card", "h200", sorted(gpu_targets.CARDS), "The card to compile for.")
 FLAGS = flags.FLAGS
 
-CARD_MIB = {"80 GB (H100)": 81_559, "141 GB (H200)": 143_771}
-
-
-def card_limits(device):
-    """Bytes each card's allocator may use, at this device's share of its memory."""
-    own = [mib for card, mib in CARD_MIB.items() if card[-5:-1] in device.device_kind]
-    if not own:
-        raise ValueError(f"{device.device_kind}: run this on an H100 or H200.")
-    share = device.memory_stats()["bytes_limit"] / (own[0] * 2**20)
-    return share, {card: int(share * mib * 2**20) for card, mib in CARD_MIB.items()}
+CARDS = {"80 GB (H100)": "h100", "141 GB (H200)": "h200"}
 
 
 def set_remat(level):
@@ -52,9 +45,11 @@ def main(argv):
     if FLAGS.remat:
         with config.unlocked():
             set_remat(config.model.unet)
-    devices = jax.devices()[:1]
+    devices = ahead_of_time.topology_devices(FLAGS.card)
     stage = plan_stages(config)[-1]
-    share, limits = card_limits(devices[0])
+    share = gpu_targets.memory_fraction()
+    limits = {card: int(share * gpu_targets.CARDS[name].memory_mib * 2**20)
+              for card, name in CARDS.items()}
     memory = {}
 
     def compiled_bytes(batch):
