@@ -1,5 +1,7 @@
 """The leafwise update (mdm_jax/training/update.py) is the whole-tree optax chain, EMA and
 guard it replaces, traced once per distinct leaf shape."""
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +10,7 @@ import pytest
 
 from mdm_jax.runs import state as state_lib
 from mdm_jax.runs.defaults import base_config
+from mdm_jax.training import update as update_lib
 from mdm_jax.training.update import global_norm, make_update
 
 SHAPES = {"a": (3, 4), "b": (4,), "c": (3, 4), "d": {"e": (2, 3, 4), "f": (4,)}}
@@ -71,3 +74,49 @@ def test_global_norm_is_optax_s_under_jit():
     ours = jax.jit(global_norm)(grads)
     theirs = jax.jit(optax.tree.norm)(grads)
     assert float(ours) == float(theirs)
+
+
+def _conv_step_hlo(update):
+    """The compiled text of a conv's gradient and `update` for an H100 (described without
+    one: the gpu-aot packages of the test extra)."""
+    pytest.importorskip("jax_plugins.xla_cuda12",
+                        reason="pip install -e '.[test]' (or '.[gpu-aot]') brings it")
+    from mdm_jax.training import gpu_targets
+    device = gpu_targets.devices("h100")[0]
+    optimizer = state_lib.make_optimizer(base_config().optimizer, 1e-2, 2)
+    params = {"kernel": jnp.zeros((3, 3, 256, 128))}
+    state = state_lib.state_from_params(params, optimizer)
+
+    def step(state, x):
+        def loss(p):
+            y = jax.lax.conv_general_dilated(x, p["kernel"].astype(jnp.bfloat16), (1, 1),
+                                             "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            return jnp.mean(jnp.square(y.astype(jnp.float32)))
+        grads = jax.grad(loss)(state.params)
+        return update(state, grads, global_norm(grads), jnp.asarray(True))
+
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    abstract = lambda t: jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding), t)
+    x = jnp.zeros((8, 32, 32, 256), jnp.bfloat16)
+    return jax.jit(step).lower(abstract(state), abstract(x)).compile().as_text()
+
+
+def _f32_transposes(text):
+    """The op names of the float32 transposes anywhere in a compiled program."""
+    names = re.findall(r'= f32\[[\d,]+\]\{[\d,]+\} transpose\(.*?op_name="([^"]*)"', text)
+    return [name.replace("\\'", "'") for name in names]  # the text escapes quotes
+
+
+def test_a_gpu_conv_kernels_state_is_updated_in_its_own_layout(monkeypatch):
+    # cuDNN gives the kernel's gradient as [out, h, w, in]; pinned, the gradient is what
+    # is transposed (in the backward pass), never the parameter, EMA or Adam moments.
+    optimizer = state_lib.make_optimizer(base_config().optimizer, 1e-2, 2)
+    pinned = _f32_transposes(_conv_step_hlo(make_update(optimizer, DECAY)))
+    assert pinned and all(name.startswith("jit(step)/transpose(jvp") for name in pinned)
+    # Unpinned (the layout left to XLA), every state array was transposed in.
+    monkeypatch.setattr(update_lib, "with_layout_constraint", lambda x, layout: x)
+    free = _f32_transposes(_conv_step_hlo(make_update(optimizer, DECAY)))
+    assert {n for n in free if n.startswith("state.")} == {
+        "state.params['kernel']", "state.ema_params['kernel']",
+        "state.opt_state[1][0].mu['kernel']", "state.opt_state[1][0].nu['kernel']"}
