@@ -25,6 +25,8 @@ flags.DEFINE_string("stage", None, "Stage to compile (default: the config's last
 flags.DEFINE_integer("batch_size", None, "Global batch (default: the stage's).")
 flags.DEFINE_float("hbm_gib", None, "Memory per chip to fit in (default: the chip's; for a "
                    "GPU, jax's allocator's share of it, XLA_CLIENT_MEM_FRACTION or 0.75).")
+flags.DEFINE_string("save_hlo", None, "Write the compiled program's text (optimised HLO) "
+                    "to this file.")
 flags.mark_flags_as_required(["config", "topology"])
 FLAGS = flags.FLAGS
 
@@ -33,7 +35,7 @@ def main(argv):
     del argv
     devices = ahead_of_time.topology_devices(FLAGS.topology)
     report = ahead_of_time.compile_train_step(FLAGS.config, devices, FLAGS.stage,
-                                              FLAGS.batch_size)
+                                              FLAGS.batch_size, FLAGS.save_hlo)
     if FLAGS.hbm_gib is not None:
         report["hbm_bytes"] = int(FLAGS.hbm_gib * 2**30)
         report["fits"] = report["fits"] and report["per_chip_memory_bytes"] <= report["hbm_bytes"]

@@ -49,11 +49,12 @@ def test_a_step_the_tpu_compiler_cannot_fit_is_named_with_its_temporaries():
     assert last.startswith("The step needs at least") and "remat" in last
 
 
-def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share():
+def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share(tmp_path):
     pytest.importorskip("jax_plugins.xla_cuda12",
                         reason="pip install -e '.[test]' (or '.[gpu-aot]') brings it")
+    hlo = tmp_path / "step.hlo.txt"
     result, report = compile_for("--config.mesh.data=1", "--config.mesh.fsdp=2",
-                                 topology="h100:2")
+                                 f"--save_hlo={hlo}", topology="h100:2")
     assert result.returncode == 0, result.stderr[-2000:]
     assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["chips"] == 2
     assert report["mesh"] == {"data": 1, "fsdp": 2} and report["fits"] is True
@@ -63,3 +64,5 @@ def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share
     # The limit is jax's allocator's default share (0.75) of the card's 81,559 MiB.
     assert report["hbm_bytes"] == int(0.75 * 81_559 * 2**20)
     assert report["per_chip_memory_bytes"] > report["per_chip_arguments_bytes"] > 0
+    # The program is the GPU's: its convolutions are cuDNN's.
+    assert 'custom_call_target="__cudnn$conv' in hlo.read_text()

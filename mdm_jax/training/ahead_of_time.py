@@ -5,8 +5,9 @@ With libtpu installed (`pip install -e '.[tpu]'`), `jax.experimental.topologies`
 a TPU slice (`v5e:16x16`, `v5p:4x4x4`) on any host; with jax's CUDA plugin
 (`pip install -e '.[gpu-aot]'`), H100 or H200 hosts (`h100:8`, gpu_targets.py). The step
 lowered on abstract, sharded inputs compiles for them: per-chip memory, FLOPs and
-collectives are known before a pod or a GPU is booked. Text comes as features of the encoder's width in the batch (as the
-reference trains, on precomputed features); the frozen encoder is not in the program.
+collectives are known before a pod or a GPU is booked. Text comes as features of the
+encoder's width in the batch (as the reference trains, on precomputed features); the
+frozen encoder is not in the program.
 """
 import collections
 import os
@@ -65,9 +66,10 @@ def count_collectives(hlo_text):
     return dict(counts)
 
 
-def compile_train_step(config, devices, stage_name=None, batch_size=None):
+def compile_train_step(config, devices, stage_name=None, batch_size=None, hlo_path=None):
     """Compiles `config`'s train step (its last stage, or `stage_name`) on `devices`;
-    returns a report: chips, mesh, per-chip memory (bytes), FLOPs, collectives.
+    returns a report: chips, mesh, per-chip memory (bytes), FLOPs, collectives. The
+    compiled program's text goes to `hlo_path` if given.
 
     A TPU has no cuDNN: attention set to 'cudnn' (the GPU presets') compiles as 'xla', as a
     TPU run must set it (--config.model.attention_impl=xla); the report says which it used.
@@ -129,6 +131,9 @@ def compile_train_step(config, devices, stage_name=None, batch_size=None):
         # size is what it reports, a lower bound of the step's memory.
         return {**report, "fits": False, "per_chip_memory_bytes": needed,
                 "per_chip_temp_bytes": needed}
+    if hlo_path:
+        with open(hlo_path, "w") as f:
+            f.write(compiled.as_text())
     memory = compiled.memory_analysis()
     per_chip = (memory.argument_size_in_bytes + memory.output_size_in_bytes
                 - memory.alias_size_in_bytes + memory.temp_size_in_bytes
