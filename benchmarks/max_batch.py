@@ -17,6 +17,7 @@ XLA_CLIENT_MEM_FRACTION sets it) of the card's memory: an 80 GB H100 has 81,559 
 limits (the two differ in size and bandwidth, not in what they compute).
 """
 import json
+import math
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -37,6 +38,32 @@ def set_remat(level):
     while level is not None:
         level.remat = True
         level = level.get("inner")
+
+
+def largest_fitting(compiled_bytes, guess, limit, slope):
+    """The largest batch whose compiled step fits `limit`, searched from the line's
+    `guess`: each compile moves the guess by what the gap to the limit is worth at the
+    slope between the last two compiles, kept inside the bracket of batches known to fit
+    and not to; it ends when the answer's successor was compiled and did not fit (a
+    compile takes minutes: this takes a few, not one per batch)."""
+    fits, too_big = 0, None
+    batch, last = max(guess, 1), None
+    while too_big is None or too_big - fits > 1:
+        used = compiled_bytes(batch)
+        if last is not None and last[0] != batch and used != last[1]:
+            slope = max((used - last[1]) / (batch - last[0]), slope / 4)
+        last = (batch, used)
+        if used <= limit:
+            fits = batch
+        else:
+            too_big = batch
+        target = batch + math.floor((limit - used) / slope)
+        if used <= limit:
+            target = max(target, batch + 1)
+        batch = max(target, fits + 1)
+        if too_big is not None:
+            batch = min(batch, too_big - 1)
+    return fits
 
 
 def main(argv):
@@ -65,9 +92,8 @@ def main(argv):
     per_example = (compiled_bytes(large) - compiled_bytes(small)) / (large - small)
     fixed = compiled_bytes(small) - per_example * small
     for card, limit in limits.items():
-        batch = int((limit - fixed) // per_example)
-        while batch > 0 and compiled_bytes(batch) > limit:
-            batch -= 1
+        batch = largest_fitting(compiled_bytes, int((limit - fixed) // per_example), limit,
+                                per_example)
         print(json.dumps({
             "benchmark": "max_batch", "card": card, "memory_share": share,
             "limit_gib": limit / 2**30,
