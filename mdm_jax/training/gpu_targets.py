@@ -89,11 +89,9 @@ def usable_bytes(device_kind):
 
 def devices(name):
     """The devices of `name` ('h200:8': 8 H200s of one host), described, not opened.
-
-    Without a GPU the plugin's check of the driver's CUDA version would fail, so it is
-    skipped (nothing runs; the target description stands in for the driver)."""
+    Without a driver the plugin's CUDA version check is skipped (mdm_jax/__init__.py):
+    nothing runs, the target description stands in for the driver."""
     card, hosts, per_host = parse(name)
-    os.environ.setdefault("JAX_SKIP_CUDA_CONSTRAINTS_CHECK", "1")
     from jax.experimental import topologies
     try:
         topology = topologies.get_topology_desc(
