@@ -66,3 +66,16 @@ def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share
     assert report["per_chip_memory_bytes"] > report["per_chip_arguments_bytes"] > 0
     # The program is the GPU's: its convolutions are cuDNN's.
     assert 'custom_call_target="__cudnn$conv' in hlo.read_text()
+
+
+def test_gpu_topology_names_and_the_allocators_share(monkeypatch):
+    from mdm_jax.training import gpu_targets
+    h100, h200 = gpu_targets.CARDS["h100"], gpu_targets.CARDS["h200"]
+    assert gpu_targets.parse("h200") == (h200, 1, 1)
+    assert gpu_targets.parse("H100:8") == (h100, 1, 8)
+    assert gpu_targets.parse("h100:2x8") == (h100, 2, 8)
+    assert gpu_targets.parse("v5p:4x4x4") is None and gpu_targets.parse("h100:") is None
+    monkeypatch.delenv("XLA_CLIENT_MEM_FRACTION", raising=False)
+    monkeypatch.setenv("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
+    assert gpu_targets.usable_bytes(h200.name) == int(0.9 * 143_771 * 2**20)
+    assert gpu_targets.usable_bytes("NVIDIA A100-SXM4-80GB") is None
