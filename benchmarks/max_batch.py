@@ -8,8 +8,8 @@ Compiles the config's last-stage train step (text as features in the batch, as
 `--card` (mdm_jax/training/gpu_targets.py: any host, no GPU needed; the gpu-aot extra) at
 the probe batches, without running it, and reads XLA's memory analysis: arguments +
 outputs - donated + temporaries. Memory grows linearly with the batch (the state is
-fixed, activations scale), so two probes give the line; the batch where it meets each
-card's limit is then compiled to confirm, one step lower while it does not fit.
+fixed, activations scale), so two probes give the line; from where it meets each card's
+limit, a few more compiles find the largest batch that fits (`largest_fitting`).
 
 A card's limit is the share of its memory that jax's allocator may use (0.75 by default,
 XLA_CLIENT_MEM_FRACTION sets it) of the card's memory: an 80 GB H100 has 81,559 MiB, a
