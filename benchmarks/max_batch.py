@@ -13,8 +13,9 @@ limit, a few more compiles find the largest batch that fits (`largest_fitting`).
 
 A card's limit is the share of its memory that jax's allocator may use (0.75 by default,
 XLA_CLIENT_MEM_FRACTION sets it) of the card's memory: an 80 GB H100 has 81,559 MiB, a
-141 GB H200 143,771 MiB (nvidia-smi). The program compiled for --card serves both cards'
-limits (the two differ in size and bandwidth, not in what they compute).
+141 GB H200 143,771 MiB (nvidia-smi). The programs compiled for --card are held against
+both cards' limits; XLA rematerialises to fit the card it compiles for, so for the other
+card the answer is a lower bound (run again with that --card for its own).
 """
 import json
 import math
