@@ -76,7 +76,7 @@ def main(argv):
     devices = ahead_of_time.topology_devices(FLAGS.card)
     stage = plan_stages(config)[-1]
     share = gpu_targets.memory_fraction()
-    limits = {card: int(share * gpu_targets.CARDS[name].memory_mib * 2**20)
+    limits = {card: gpu_targets.usable_bytes(gpu_targets.CARDS[name].name)
               for card, name in CARDS.items()}
     memory = {}
 

@@ -15,8 +15,8 @@ Each gradient is pinned to the parameters' own (row-major) memory layout before 
 A GPU's convolution gives its kernel gradient in the [out, h, w, in] order cuDNN works in;
 left free, XLA's layout assignment carried that order into the update, so the parameter,
 EMA and both Adam moments of every conv kernel were transposed in and out each step: the
-64² step's program (compiled for an H200, ahead_of_time.py) wrote 11.8 GB of transposes
-and copies a step, 6.7 GB with the gradient pinned (tests/test_update.py).
+64² step's program compiled for an H200 had 200 transposes of state arrays, none with the
+gradient pinned (docs/performance.md, "The gradient's layout"; tests/test_update.py).
 """
 import jax
 import jax.numpy as jnp
