@@ -36,6 +36,9 @@ flags.DEFINE_list("guidance_list", ["1", "7"], "Guidance scales to time (1: none
 flags.DEFINE_enum("sampler", "ddpm", samples.SAMPLERS, "Sampler (ddpm: the reference's).")
 flags.DEFINE_bool("cast_kernels", True, "Cast kernels to the compute dtype before the loop "
                   "(--nocast_kernels: the old path, as a baseline in the same call).")
+flags.DEFINE_bool("condition_once", True, "Process the text and labels (and each attention "
+                  "layer's text keys and values) once, before the loop "
+                  "(--nocondition_once: at every step, the old path).")
 flags.DEFINE_integer("repeats", 3, "Timed calls per setting, after one warm-up call.")
 flags.DEFINE_string("profile_dir", "", "Write a profiler trace of one call of each setting "
                     "and its compiled program's text into DIR/steps_S_guidance_G "
@@ -94,7 +97,8 @@ def main(argv):
             run = samples.make_sampler(model, stage.diffusion, stage.scales, shape,
                                        sampler=FLAGS.sampler, num_steps=steps, eta=0.0,
                                        guidance_scale=guidance, mesh=mesh,
-                                       cast_kernels=FLAGS.cast_kernels)
+                                       cast_kernels=FLAGS.cast_kernels,
+                                       condition_once=FLAGS.condition_once)
             args = (params["unet"], jax.random.key(0), labels, lm, mask, uncond_lm, uncond_mask)
             start = time.perf_counter()
             compiled = run.lower(*args).compile()
@@ -106,7 +110,7 @@ def main(argv):
                 "image_size": size, "levels": len(stage.scales), "batch": batch_size,
                 "steps": steps, "guidance": guidance, "sampler": FLAGS.sampler,
                 "model_dtype": config.model.dtype, "text": config.text.kind,
-                "cast_kernels": FLAGS.cast_kernels,
+                "cast_kernels": FLAGS.cast_kernels, "condition_once": FLAGS.condition_once,
                 "seconds_per_batch": seconds, "seconds_per_image": seconds / batch_size,
                 "text_encoder_s": text_s,
                 "seconds_per_image_with_text": (seconds + text_s) / batch_size,

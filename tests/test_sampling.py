@@ -386,3 +386,83 @@ def test_kernels_cast_before_the_loop_give_the_same_samples():
             for cast in (False, True)]
     for old, new in zip(*runs):
         np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+
+
+def _dot_products(jaxpr):
+    """dot_general equations in a jaxpr and every jaxpr it calls, per call."""
+    count = 0
+    for eqn in jaxpr.eqns:
+        count += eqn.primitive.name == "dot_general"
+        count += sum(_dot_products(sub) for sub in _called_jaxprs(eqn))
+    return count
+
+
+def _called_jaxprs(eqn):
+    for value in eqn.params.values():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if hasattr(item, "eqns"):
+                yield item
+            elif hasattr(getattr(item, "jaxpr", None), "eqns"):
+                yield item.jaxpr
+
+
+def _loop_body(jaxpr):
+    """The body of the first loop (fori_loop with a fixed trip count is a scan)."""
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name in ("scan", "while"):
+            return eqn.params["jaxpr" if eqn.primitive.name == "scan" else "body_jaxpr"].jaxpr
+        for sub in _called_jaxprs(eqn):
+            body = _loop_body(sub)
+            if body is not None:
+                return body
+    return None
+
+
+@pytest.mark.slow
+def test_text_conditioning_leaves_the_sampling_loop_with_the_same_samples():
+    """The innermost UNet's text layers and every attention layer's text keys and values
+    (kv_cond) run once, before the loop, and the samples are bit-identical."""
+    import flax
+
+    from mdm_jax.models import build_model
+    from mdm_jax.sampling.sampler import make_sampler
+
+    model_config, params = _model()[0].model.to_dict(), _model()[1]
+    module = build_model(ml_collections.ConfigDict({**model_config, "dtype": "bfloat16"}))
+    shape = nhwc(F["loop_ddpm_cfg3/input/noise"]).shape
+    args = (params, jax.random.key(0), None, COND["lm_outputs"], COND["lm_mask"],
+            UNCOND["uncond_lm_outputs"], UNCOND["uncond_lm_mask"])
+    samplers = [make_sampler(module, CONFIG, SCALES, shape, sampler="ddpm", num_steps=2,
+                             eta=0.0, guidance_scale=2.0, condition_once=once)
+                for once in (False, True)]
+    for old, new in zip(*(run(*args) for run in samplers)):
+        np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
+
+    text_layers = [path for path in flax.traverse_util.flatten_dict(params)
+                   if path[-1] == "kernel" and
+                   any(name in ("kv_cond", "lm_proj", "cond_emb") or name.startswith("lm_head")
+                       for name in path)]
+    assert sum("kv_cond" in path for path in text_layers) >= 2
+    old_body, new_body = (_loop_body(jax.make_jaxpr(run)(*args).jaxpr) for run in samplers)
+    assert _dot_products(old_body) - _dot_products(new_body) == len(text_layers)
+
+
+@pytest.mark.slow
+def test_labels_processed_before_the_loop_give_the_same_guided_samples():
+    from mdm_jax.models import build_model, init_params
+    from mdm_jax.sampling.sampler import make_sampler
+    from test_models import small_nested_config
+
+    cfg = small_nested_config(num_classes=5)
+    rng = np.random.default_rng(0)  # non-zero output layers, so that labels show
+    params = jax.tree_util.tree_map(
+        lambda v: v + rng.normal(0, 0.05, v.shape).astype(v.dtype),
+        init_params(cfg, jax.random.key(0), 32))
+    labels = jnp.array([1, 3])
+    runs = [make_sampler(build_model(cfg), CONFIG, (2, 1), (2, 32, 32, 3), sampler="ddim",
+                         num_steps=2, eta=0.0, guidance_scale=3.0, condition_once=once)
+            (params, jax.random.key(0), labels, None, None, None, None)
+            for once in (False, True)]
+    for old, new in zip(*runs):
+        np.testing.assert_allclose(np.asarray(old), np.asarray(new), rtol=1e-6, atol=1e-6)
+    assert not np.allclose(runs[1][0][0], runs[1][0][1], atol=1e-3)

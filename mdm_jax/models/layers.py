@@ -130,10 +130,24 @@ class ResNet(nn.Module):
         return x.astype(self.dtype) + h
 
 
+# The variable collection that carries every attention layer's text keys and values
+# into a sampling loop (models/text_cache.py), where the text does not change.
+TEXT_KEYS_VALUES = "text_keys_values"
+
+
+def text_keys_values(tokens, channels, dtype):
+    """The cross-attention's keys and values of the text tokens, [B, S, 2 * channels]
+    (norm_cond, then kv_cond). Called inside Attention, and by models/text_cache.py with
+    one attention layer's parameters."""
+    t = layer_norm("norm_cond")(tokens).astype(dtype)
+    return dense(2 * channels, "kv_cond", dtype)(t)
+
+
 class Attention(nn.Module):
     """Self-attention over pixels plus, if text is given, a separate cross-attention.
 
-    The two attentions have separate softmaxes and are summed, as in the reference.
+    The two attentions have separate softmaxes and are summed, as in the reference. The
+    text's keys and values come from the TEXT_KEYS_VALUES collection where it is given.
     """
     use_ffn: bool
     dtype: Dtype = jnp.float32
@@ -148,8 +162,11 @@ class Attention(nn.Module):
         q = split_heads(q)
         out = attend(q, split_heads(k), split_heads(v), implementation=self.implementation)
         if tokens is not None:
-            t = layer_norm("norm_cond")(tokens).astype(self.dtype)
-            kc, vc = jnp.split(dense(2 * c, "kv_cond", self.dtype)(t), 2, -1)
+            if self.has_variable(TEXT_KEYS_VALUES, "kv"):  # computed before a sampling loop
+                kv = self.get_variable(TEXT_KEYS_VALUES, "kv")
+            else:
+                kv = text_keys_values(tokens, c, self.dtype)
+            kc, vc = jnp.split(kv, 2, -1)
             out = out + attend(q, split_heads(kc), split_heads(vc), mask, self.implementation)
         out = out.reshape(b, hgt, wid, c)
         x = x + dense(c, "proj_out", self.dtype, zero_init=True)(out)

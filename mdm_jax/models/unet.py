@@ -343,12 +343,15 @@ class UNet(nn.Module):
         return [out] + inner_outputs, features
 
     def __call__(self, xs, times, lm_outputs=None, lm_mask=None, micros=None,
-                 class_labels=None, deterministic=True, row_groups=1):
+                 class_labels=None, deterministic=True, row_groups=1, conditioning=None):
         """xs: noisy images NHWC (or clips NTHWC), highest resolution first. Returns the
-        list of outputs. row_groups: see run_level."""
+        list of outputs. row_groups: see run_level. conditioning: what `condition` made
+        of the text and labels, computed once outside (a sampling loop); it replaces
+        lm_outputs, lm_mask and class_labels."""
         if not isinstance(xs, (list, tuple)):
             xs = [xs]
-        cond = self.condition(lm_outputs, lm_mask, class_labels)
+        cond = (self.condition(lm_outputs, lm_mask, class_labels) if conditioning is None
+                else conditioning)
         outputs, _ = self.run_level(list(xs), times, cond, micros or {}, None, deterministic,
                                     row_groups)
         return outputs

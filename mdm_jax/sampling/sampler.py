@@ -7,6 +7,7 @@ import jax.numpy as jnp
 
 from mdm_jax import diffusion
 from mdm_jax.models import config as model_config_lib
+from mdm_jax.models import text_cache
 from mdm_jax.parallel import sharding
 
 SAMPLERS = ("ddpm", "ddim", "dpm++")
@@ -37,7 +38,7 @@ def kernels_in_compute_dtype(params, dtype):
 
 
 def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, eta,
-                 guidance_scale, mesh=None, cast_kernels=True):
+                 guidance_scale, mesh=None, cast_kernels=True, condition_once=True):
     """A jitted fn(params, key, labels, lm, mask, uncond_lm, uncond_mask) -> levels.
 
     shape: the top level's, NHWC, or NTHWC for a video model.
@@ -45,7 +46,8 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
     `key`; with a mesh it is laid out over the batch sharding, so no host array of the
     batch's size is made. Class labels guide through the null label (-1), text through
     the negative prompt's encoding. `cast_kernels=False` keeps the float32 kernels in the
-    loop (the old path, for benchmarks: the result is the same).
+    loop, `condition_once=False` processes the text and labels at every step (the old
+    paths, for benchmarks: the result is the same).
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; valid: {', '.join(SAMPLERS)}.")
@@ -56,20 +58,28 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
     def run(params, key, labels, lm, mask, uncond_lm, uncond_mask):
         if cast_kernels:
             params = kernels_in_compute_dtype(params, model.dtype)
-        def denoise(xs, t, lm_, mask_, micros):
-            kwargs = {}
-            if labels is not None:
-                doubled = xs[0].shape[0] != labels.shape[0]
-                kwargs["class_labels"] = (jnp.concatenate([jnp.full_like(labels, -1), labels])
-                                          if doubled else labels)
-            return model.apply({"params": params}, xs, t, lm_, mask_, micros, **kwargs)
+        text = dict(lm_outputs=lm, lm_mask=mask, uncond_lm_outputs=uncond_lm,
+                    uncond_lm_mask=uncond_mask)
+        if condition_once:
+            denoise = conditioned_denoiser(model, params, labels, guidance_scale,
+                                           per_frame=frame_ratios is not None, **text)
+            # The text is in the denoiser now: the loop only doubles the images.
+            text = dict.fromkeys(text)
+        else:
+            def denoise(xs, t, lm_, mask_, micros):
+                kwargs = {}
+                if labels is not None:
+                    doubled = xs[0].shape[0] != labels.shape[0]
+                    kwargs["class_labels"] = (
+                        jnp.concatenate([jnp.full_like(labels, -1), labels])
+                        if doubled else labels)
+                return model.apply({"params": params}, xs, t, lm_, mask_, micros, **kwargs)
 
         x_init, step_noise = sampler_noise(key, shape, scales, frame_ratios)
         if batch is not None:
             x_init = [jax.lax.with_sharding_constraint(x, batch) for x in x_init]
         common = dict(config=diffusion_config, scales=scales, num_steps=num_steps,
-                      lm_outputs=lm, lm_mask=mask, uncond_lm_outputs=uncond_lm,
-                      uncond_lm_mask=uncond_mask, guidance_scale=guidance_scale)
+                      guidance_scale=guidance_scale, **text)
         if sampler == "dpm++":
             return diffusion.dpm_solver_sample(denoise, x_init, **common)
         return diffusion.sample(denoise, x_init, step_noise,
@@ -78,3 +88,28 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
     if batch is None:
         return jax.jit(run)
     return jax.jit(run, out_shardings=[batch] * len(scales))
+
+
+def conditioned_denoiser(model, params, labels, guidance_scale, *, lm_outputs, lm_mask,
+                         uncond_lm_outputs, uncond_lm_mask, per_frame=False):
+    """A denoise_fn(xs, t, _, _, micros) for diffusion.sample whose text and labels are
+    processed once, here, outside the sampling loop: the innermost UNet's conditioning
+    and (for images) every attention layer's text keys and values. Under guidance they
+    are the doubled batch, [unconditional; conditional], as the loop doubles the images.
+    A video model's layers see the text once per frame, so its keys and values stay in
+    the loop (`per_frame`)."""
+    if guidance_scale != 1:
+        if lm_outputs is not None:
+            lm_outputs, lm_mask = diffusion.guidance_batch(
+                lm_outputs, lm_mask, uncond_lm_outputs, uncond_lm_mask)
+        if labels is not None:
+            labels = jnp.concatenate([jnp.full_like(labels, -1), labels])
+    variables = {"params": params}
+    cond = model.apply(variables, lm_outputs, lm_mask, labels, method=model.condition)
+    if cond.tokens is not None and not per_frame:
+        variables = {**variables, **text_cache.text_keys_values_collection(
+            params, cond.tokens, model.dtype)}
+
+    def denoise(xs, t, _lm, _mask, micros):
+        return model.apply(variables, xs, t, micros=micros, conditioning=cond)
+    return denoise
