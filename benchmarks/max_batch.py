@@ -23,6 +23,7 @@ import math
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdm_jax.parallel import xla_flags
 from mdm_jax.runs.stages import plan_stages
 from mdm_jax.training import ahead_of_time, gpu_targets
 
@@ -69,6 +70,7 @@ def largest_fitting(compiled_bytes, guess, limit, slope):
 
 def main(argv):
     del argv
+    xla_flags.apply_defaults()  # the program the trainer's process would compile
     config = FLAGS.config
     if FLAGS.remat:
         with config.unlocked():

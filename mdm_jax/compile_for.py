@@ -16,6 +16,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
+from mdm_jax.parallel import xla_flags
 from mdm_jax.training import ahead_of_time
 
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -33,6 +34,7 @@ FLAGS = flags.FLAGS
 
 def main(argv):
     del argv
+    xla_flags.apply_defaults()  # the program the trainer's process would compile
     devices = ahead_of_time.topology_devices(FLAGS.topology)
     report = ahead_of_time.compile_train_step(FLAGS.config, devices, FLAGS.stage,
                                               FLAGS.batch_size, FLAGS.save_hlo)

@@ -64,8 +64,12 @@ def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share
     # The limit is jax's allocator's default share (0.75) of the card's 81,559 MiB.
     assert report["hbm_bytes"] == int(0.75 * 81_559 * 2**20)
     assert report["per_chip_memory_bytes"] > report["per_chip_arguments_bytes"] > 0
-    # The program is the GPU's: its convolutions are cuDNN's.
-    assert 'custom_call_target="__cudnn$conv' in hlo.read_text()
+    # The program is the GPU's: its convolutions are cuDNN's. And it is the one the
+    # trainer's process compiles, under mdm_jax's default XLA flags: its dense layers
+    # are cuBLAS GEMMs, not Triton GEMM fusions (parallel/xla_flags.py).
+    text = hlo.read_text()
+    assert 'custom_call_target="__cudnn$conv' in text
+    assert "__cublas$lt$matmul" in text and "__triton_nested_gemm_fusion" not in text
 
 
 def test_gpu_topology_names_and_the_allocators_share(monkeypatch):
