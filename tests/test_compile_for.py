@@ -2,6 +2,7 @@
 for a host of two H100s on this CPU (libtpu and jax's CUDA plugin, from the test extra,
 describe them; no TPU or GPU is needed)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,14 +13,15 @@ from training_runs import ROOT
 pytestmark = pytest.mark.slow
 
 
-def compile_for(*flags, topology="v5e:2x2"):
+def compile_for(*flags, topology="v5e:2x2", env=None):
     """(the command's result, its JSON report) for the demo's res32 step on a v5e-2x2."""
     if topology.startswith("v"):
         pytest.importorskip("libtpu", reason="pip install -e '.[test]' (or '.[tpu]') brings it")
     result = subprocess.run(
         [sys.executable, "-m", "mdm_jax.compile_for", "--config=configs/demo.py:smoke",
          "--stage=res32", f"--topology={topology}", *flags],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        env=None if env is None else {**os.environ, **env})
     report = json.loads(next(line for line in result.stdout.splitlines()
                              if line.startswith("{")))
     return result, report
@@ -53,8 +55,11 @@ def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share
     pytest.importorskip("jax_plugins.xla_cuda12",
                         reason="pip install -e '.[test]' (or '.[gpu-aot]') brings it")
     hlo = tmp_path / "step.hlo.txt"
+    # XLA's scoped timers on, for benchmarks.compile_timers.
+    timers = {"TF_CPP_MIN_LOG_LEVEL": "0", "TF_CPP_VMODULE": "gpu_compiler=1,"
+              "hlo_pass_pipeline=1,compile_module_to_llvm_ir=1,nvptx_compiler=1"}
     result, report = compile_for("--config.mesh.data=1", "--config.mesh.fsdp=2",
-                                 f"--save_hlo={hlo}", topology="h100:2")
+                                 f"--save_hlo={hlo}", topology="h100:2", env=timers)
     assert result.returncode == 0, result.stderr[-2000:]
     assert report["device_kind"] == "NVIDIA H100 80GB HBM3" and report["chips"] == 2
     assert report["mesh"] == {"data": 1, "fsdp": 2} and report["fits"] is True
@@ -70,6 +75,12 @@ def test_a_step_compiles_for_two_h100s_sharded_fully_within_the_allocators_share
     text = hlo.read_text()
     assert 'custom_call_target="__cudnn$conv' in text
     assert "__cublas$lt$matmul" in text and "__triton_nested_gemm_fusion" not in text
+
+    from benchmarks.compile_timers import summarize
+    timed = summarize(result.stderr.splitlines(), "jit_train_step", top=50)
+    assert timed["hlo_passes_s"] > 0 and timed["backend_s"] > 0
+    assert timed["ptxas_thread_s"] > 0 and "priority-fusion" in timed["hlo_passes_top_s"]
+    assert sum(timed["hlo_passes_top_s"].values()) <= timed["hlo_passes_s"] * 1.05
 
 
 def test_gpu_topology_names_and_the_allocators_share(monkeypatch):
