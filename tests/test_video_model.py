@@ -255,3 +255,25 @@ def test_row_groups_run_each_group_as_a_batch_of_its_own():
                       part(times, 4), **{k: part(v, 4) for k, v in text.items()})
         for out, ref, r in zip(grouped, alone, rows):
             np.testing.assert_allclose(part(out, r), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_video_sampler_with_the_text_processed_once_gives_the_same_clips():
+    """Each attention layer's text keys and values are made once per clip before the
+    loop and serve the clip's frames (the inner level attends with 4 frames a clip): the
+    same clips as processing the text at every step."""
+    from mdm_jax.sampling.sampler import make_sampler
+
+    cfg = image_config(num_frames=4, temporal_layers=(1,))
+    params = randomise(flax.linen.unbox(fresh(cfg, 32)),
+                       ("conv_out", "adapter", "proj_out", "conv2"))
+    text, uncond = text_inputs(2), text_inputs(2, seed=1)
+    runs = [make_sampler(build_model(cfg), DiffusionConfig(num_diffusion_steps=1000), (2, 1),
+                         (2, 4, 32, 32, 3), sampler="ddim", num_steps=2, eta=0.0,
+                         guidance_scale=3.0, condition_once=once)
+            (params, jax.random.key(0), None, text["lm_outputs"], text["lm_mask"],
+             uncond["lm_outputs"], uncond["lm_mask"])
+            for once in (False, True)]
+    for old, new in zip(*runs):
+        assert old.shape == new.shape == (2, 4) + old.shape[2:]
+        np.testing.assert_allclose(np.asarray(old), np.asarray(new), rtol=1e-6, atol=1e-6)

@@ -164,6 +164,9 @@ class Attention(nn.Module):
         if tokens is not None:
             if self.has_variable(TEXT_KEYS_VALUES, "kv"):  # computed before a sampling loop
                 kv = self.get_variable(TEXT_KEYS_VALUES, "kv")
+                # It has a row per clip; a video level's frames are rows of their own,
+                # each clip's consecutive (as Stage repeats the text per frame).
+                kv = jnp.repeat(kv, b // kv.shape[0], axis=0)
             else:
                 kv = text_keys_values(tokens, c, self.dtype)
             kc, vc = jnp.split(kv, 2, -1)

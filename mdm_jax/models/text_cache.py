@@ -26,7 +26,7 @@ class _TextKeysValues(nn.Module):
 def text_keys_values_collection(params, tokens, dtype):
     """{TEXT_KEYS_VALUES: tree} to add to model.apply's variables: for each attention
     layer in `params` (unboxed), its keys and values of `tokens` (the processed text of
-    UNet.condition, rows as the images' batch), at the layer's path."""
+    UNet.condition, a row per image or clip), at the layer's path."""
     def walk(tree):
         if "kv_cond" in tree:
             own = {"norm_cond": tree["norm_cond"], "kv_cond": tree["kv_cond"]}

@@ -61,8 +61,7 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
         text = dict(lm_outputs=lm, lm_mask=mask, uncond_lm_outputs=uncond_lm,
                     uncond_lm_mask=uncond_mask)
         if condition_once:
-            denoise = conditioned_denoiser(model, params, labels, guidance_scale,
-                                           per_frame=frame_ratios is not None, **text)
+            denoise = conditioned_denoiser(model, params, labels, guidance_scale, **text)
             # The text is in the denoiser now: the loop only doubles the images.
             text = dict.fromkeys(text)
         else:
@@ -91,13 +90,12 @@ def make_sampler(model, diffusion_config, scales, shape, *, sampler, num_steps, 
 
 
 def conditioned_denoiser(model, params, labels, guidance_scale, *, lm_outputs, lm_mask,
-                         uncond_lm_outputs, uncond_lm_mask, per_frame=False):
+                         uncond_lm_outputs, uncond_lm_mask):
     """A denoise_fn(xs, t, _, _, micros) for diffusion.sample whose text and labels are
     processed once, here, outside the sampling loop: the innermost UNet's conditioning
-    and (for images) every attention layer's text keys and values. Under guidance they
-    are the doubled batch, [unconditional; conditional], as the loop doubles the images.
-    A video model's layers see the text once per frame, so its keys and values stay in
-    the loop (`per_frame`)."""
+    and every attention layer's text keys and values (one row per image or clip). Under
+    guidance they are the doubled batch, [unconditional; conditional], as the loop
+    doubles the images."""
     if guidance_scale != 1:
         if lm_outputs is not None:
             lm_outputs, lm_mask = diffusion.guidance_batch(
@@ -106,7 +104,7 @@ def conditioned_denoiser(model, params, labels, guidance_scale, *, lm_outputs, l
             labels = jnp.concatenate([jnp.full_like(labels, -1), labels])
     variables = {"params": params}
     cond = model.apply(variables, lm_outputs, lm_mask, labels, method=model.condition)
-    if cond.tokens is not None and not per_frame:
+    if cond.tokens is not None:
         variables = {**variables, **text_cache.text_keys_values_collection(
             params, cond.tokens, model.dtype)}
 
