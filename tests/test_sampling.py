@@ -388,22 +388,16 @@ def test_kernels_cast_before_the_loop_give_the_same_samples():
         np.testing.assert_array_equal(np.asarray(old), np.asarray(new))
 
 
+def _called_jaxprs(eqn):
+    from mdm_jax.models.flops import sub_jaxprs
+    return [sub for value in eqn.params.values() for sub in sub_jaxprs(value)]
+
+
 def _dot_products(jaxpr):
     """dot_general equations in a jaxpr and every jaxpr it calls, per call."""
-    count = 0
-    for eqn in jaxpr.eqns:
-        count += eqn.primitive.name == "dot_general"
-        count += sum(_dot_products(sub) for sub in _called_jaxprs(eqn))
-    return count
-
-
-def _called_jaxprs(eqn):
-    for value in eqn.params.values():
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if hasattr(item, "eqns"):
-                yield item
-            elif hasattr(getattr(item, "jaxpr", None), "eqns"):
-                yield item.jaxpr
+    return sum(int(eqn.primitive.name == "dot_general")
+               + sum(_dot_products(sub) for sub in _called_jaxprs(eqn))
+               for eqn in jaxpr.eqns)
 
 
 def _loop_body(jaxpr):

@@ -33,14 +33,15 @@ def _conv_flops(eqn):
     return 2 * math.prod(eqn.outvars[0].aval.shape) * kernel_spatial * in_per_group
 
 
-def _sub_jaxprs(value):
+def sub_jaxprs(value):
+    """The jaxprs an equation's parameter value holds (a loop's body, a call's program)."""
     if isinstance(value, jex_core.ClosedJaxpr):
         yield value.jaxpr
     elif isinstance(value, jex_core.Jaxpr):
         yield value
     elif isinstance(value, (tuple, list)):
         for v in value:
-            yield from _sub_jaxprs(v)
+            yield from sub_jaxprs(v)
 
 
 def jaxpr_matmul_flops(jaxpr):
@@ -52,7 +53,7 @@ def jaxpr_matmul_flops(jaxpr):
         elif eqn.primitive.name == "conv_general_dilated":
             total += _conv_flops(eqn)
         for value in eqn.params.values():
-            for sub in _sub_jaxprs(value):
+            for sub in sub_jaxprs(value):
                 total += jaxpr_matmul_flops(sub)
     return total
 
